@@ -1,1 +1,25 @@
-fn main() {}
+//! `hiber`: the command-line front of hiber.
+
+mod attach;
+mod cli;
+mod commands;
+mod format;
+
+use clap::Parser;
+
+/// Exit code for hiber's own failures (a command's own codes pass through).
+const FAILURE: i32 = 125;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let code = match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the error and its causes.
+            let line = format!("{error:#}").replace('\n', " ");
+            eprintln!("hiber: {line}");
+            FAILURE
+        }
+    };
+    std::process::exit(code);
+}

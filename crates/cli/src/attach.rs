@@ -1,0 +1,127 @@
+//! Attaching the terminal to a process in a sandbox: stdin, stdout and
+//! stderr relayed over hiber-init's connection, the terminal in raw mode for
+//! a tty, window-size changes and Ctrl-C/SIGTERM forwarded.
+
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use hiber_proto::{Frame, ProcessSpec, Reply, Request, TtySize};
+use hiber_sandbox::InitConnection;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::termios::{self, SetArg, Termios};
+
+/// Restores the terminal's settings when dropped.
+struct RawMode(Termios);
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        let stdin = io::stdin();
+        let saved = termios::tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(io::stdin().as_fd(), SetArg::TCSANOW, &self.0);
+    }
+}
+
+/// The size of the terminal on stdout (or stdin), if there is one.
+fn terminal_size() -> Option<TtySize> {
+    for fd in [1, 0] {
+        // SAFETY: TIOCGWINSZ writes a winsize into `ws`, which all-zero is valid for.
+        let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
+            return Some(TtySize { rows: ws.ws_row, cols: ws.ws_col });
+        }
+    }
+    None
+}
+
+/// Runs `process` under exec id `id` through `conn` with the caller's
+/// stdio attached; returns the process's exit code.
+pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessSpec, stdin: bool) -> Result<i32> {
+    let tty = process.tty;
+    let size = if tty { terminal_size() } else { None };
+    conn.request(&Request::Exec { id: id.into(), process, stdin, size })?;
+    let writer = Arc::new(Mutex::new(conn.try_clone().context("cloning the connection")?));
+
+    // Signals go to one thread, which forwards them; block them everywhere else.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGWINCH] {
+        signals.add(s);
+    }
+    signals.thread_block().context("blocking signals")?;
+    {
+        let (writer, id) = (writer.clone(), id.to_string());
+        std::thread::spawn(move || forward_signals(signals, writer, init_pid, &id, tty));
+    }
+    let _raw = if tty { RawMode::enter() } else { None };
+    if stdin {
+        let writer = writer.clone();
+        std::thread::spawn(move || pump_stdin(writer));
+    }
+
+    let (mut out, mut err) = (io::stdout(), io::stderr());
+    loop {
+        match conn.recv().context("connection to the sandbox")? {
+            None => bail!("the sandbox's init closed the connection (was the sandbox stopped?)"),
+            Some(Frame::Stdout(bytes)) => {
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Some(Frame::Stderr(bytes)) => {
+                err.write_all(&bytes)?;
+                err.flush()?;
+            }
+            Some(frame @ Frame::Control(_)) => match frame.parse_control::<Reply>() {
+                Some(Reply::Exited { code }) => return Ok(code),
+                Some(Reply::Error { message }) => bail!("{message}"),
+                Some(_) => {}
+                None => bail!("malformed answer from the sandbox's init"),
+            },
+            Some(_) => {}
+        }
+    }
+}
+
+fn pump_stdin(writer: Arc<Mutex<InitConnection>>) {
+    let mut stdin = io::stdin();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let frame = match stdin.read(&mut buf) {
+            Ok(0) | Err(_) => Frame::StdinEof,
+            Ok(n) => Frame::Stdin(buf[..n].to_vec()),
+        };
+        let end = frame == Frame::StdinEof;
+        let sent = writer.lock().map(|mut w| w.send(&frame).is_ok()).unwrap_or(false);
+        if end || !sent {
+            return;
+        }
+    }
+}
+
+fn forward_signals(signals: SigSet, writer: Arc<Mutex<InitConnection>>, init_pid: i32, id: &str, tty: bool) {
+    while let Ok(signal) = signals.wait() {
+        if signal == Signal::SIGWINCH {
+            if let (true, Some(size)) = (tty, terminal_size()) {
+                let _ = writer.lock().map(|mut w| w.send(&Frame::Resize(size)));
+            }
+            continue;
+        }
+        let forwarded = InitConnection::open(init_pid).and_then(|mut c| {
+            c.request(&Request::Signal { id: id.into(), signal: signal as i32 })?;
+            c.next_reply(|_| {})
+        });
+        if forwarded.is_err() {
+            // The sandbox is gone; nothing is left to wait for.
+            std::process::exit(128 + signal as i32);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The command line: every subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// hiber: durable sandboxes for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "hiber", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Directory holding all of hiber's state (images, layers, sandboxes).
+    #[arg(long, global = true, env = "HIBER_HOME", default_value = "/var/lib/hiber")]
+    pub home: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a sandbox from an image and run a command in it.
+    Run(RunArgs),
+    /// Run a command in a running sandbox.
+    Exec(ExecArgs),
+    /// List sandboxes.
+    Ps(JsonFlag),
+    /// Print a detached sandbox's main output.
+    Logs(LogsArgs),
+    /// Stop sandboxes (SIGTERM, then SIGKILL after the grace time).
+    Stop(StopArgs),
+    /// Remove sandboxes and everything they left: processes, mounts, cgroups, files.
+    Rm(RmArgs),
+    /// List images.
+    Images(JsonFlag),
+    /// Build, import or remove images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Check that this machine can run sandboxes (root, cgroups, overlayfs, CRIU).
+    Check(JsonFlag),
+    /// Measure hiber's speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options shared by `run` and `exec` for the process they start.
+#[derive(Debug, Args)]
+pub struct ProcessArgs {
+    /// Keep stdin open and send it to the command.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the command a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Set an environment variable (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+}
+
+/// `hiber run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run in the background and print the sandbox id.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Name of the sandbox (also its hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Memory limit, e.g. 512M or 2G.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPU limit in cores, e.g. 1 or 0.5.
+    #[arg(long, value_name = "CORES")]
+    pub cpus: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<String>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// Image to start from (see `hiber images`).
+    pub image: String,
+    /// Command and arguments (default: /bin/sh).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `hiber exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// Sandbox name, id or unique id prefix.
+    pub sandbox: String,
+    /// Command and arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+/// `hiber logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing new output until the sandbox stops.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Sandbox name, id or unique id prefix.
+    pub sandbox: String,
+}
+
+/// `hiber stop`.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short, long, default_value_t = 10)]
+    pub time: u64,
+    /// Sandbox names, ids or unique id prefixes.
+    #[arg(required = true)]
+    pub sandboxes: Vec<String>,
+}
+
+/// `hiber rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Remove running sandboxes too (they are killed).
+    #[arg(short, long)]
+    pub force: bool,
+    /// Sandbox names, ids or unique id prefixes.
+    #[arg(required = true)]
+    pub sandboxes: Vec<String>,
+}
+
+/// `hiber image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build a stock image: `busybox` (seconds) or `debian` (bookworm minbase with python3, git, curl).
+    Build {
+        /// Which image.
+        #[arg(value_parser = ["busybox", "debian"])]
+        kind: String,
+    },
+    /// Make an image from a root filesystem directory or a .tar / .tar.gz archive.
+    Import {
+        /// Directory or tarball.
+        path: PathBuf,
+        /// Name of the new image.
+        #[arg(long)]
+        name: String,
+    },
+    /// Remove an image.
+    Rm {
+        /// Image name.
+        name: String,
+    },
+}
+
+/// `hiber bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Sandbox starts per second (create, run a command, remove), busybox and debian, 1 and 2 workers.
+    Start {
+        /// Starts per measurement.
+        #[arg(long, default_value_t = 40)]
+        runs: usize,
+        /// Repeat each measurement this many times and report the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,71 @@
+//! `hiber images` and `hiber image build|import|rm`.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use hiber_image::{Image, ImageStore};
+
+use crate::cli::ImageCommand;
+use crate::format;
+
+pub fn list(home: &Path, json: bool) -> Result<i32> {
+    let images = ImageStore::open(home)?.list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&images)?);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| vec![i.name.clone(), format::size(i.size_bytes), i.layers.len().to_string(), format::age(i.created), i.source.clone()])
+        .collect();
+    format::table(&["NAME", "SIZE", "LAYERS", "CREATED", "SOURCE"], &rows);
+    Ok(0)
+}
+
+pub fn image(home: &Path, command: ImageCommand) -> Result<i32> {
+    let store = ImageStore::open(home)?;
+    let started = Instant::now();
+    let mut progress = Progress::new();
+    let image: Image = match command {
+        ImageCommand::Build { kind } if kind == "busybox" => store.build_busybox(&mut |l| progress.line(l))?,
+        ImageCommand::Build { .. } => store.build_debian(&mut |l| progress.line(l))?,
+        ImageCommand::Import { path, name } => store.import(&path, &name, &mut |l| progress.line(l))?,
+        ImageCommand::Rm { name } => {
+            store.remove(&name)?;
+            println!("{name}");
+            return Ok(0);
+        }
+    };
+    progress.finish();
+    eprintln!("image {} ready: {} in {:.1?}", image.name, format::size(image.size_bytes), started.elapsed());
+    println!("{}", image.name);
+    Ok(0)
+}
+
+/// Shows progress lines: a spinner on a terminal, plain lines otherwise.
+pub struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress(std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        }))
+    }
+
+    pub fn line(&mut self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(line.to_string()),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}

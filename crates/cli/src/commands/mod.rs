@@ -1,0 +1,65 @@
+//! One module per command; `dispatch` routes the parsed command line.
+
+mod bench;
+mod check;
+mod exec;
+mod images;
+mod lifecycle;
+mod logs;
+mod ps;
+mod run;
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use hiber_proto::ProcessSpec;
+use hiber_sandbox::ContainerBackend;
+
+use crate::cli::{Cli, Command, ProcessArgs};
+
+/// Runs the command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    let home = cli.home.as_path();
+    match cli.command {
+        Command::Run(args) => run::run(home, args),
+        Command::Exec(args) => exec::exec(home, args),
+        Command::Ps(args) => ps::ps(home, args.json),
+        Command::Logs(args) => logs::logs(home, args),
+        Command::Stop(args) => lifecycle::stop(home, args),
+        Command::Rm(args) => lifecycle::rm(home, args),
+        Command::Images(args) => images::list(home, args.json),
+        Command::Image(command) => images::image(home, command),
+        Command::Check(args) => check::check(home, args.json),
+        Command::Bench(command) => bench::bench(home, command),
+    }
+}
+
+/// Opens the container backend on `home`.
+fn backend(home: &Path) -> Result<ContainerBackend> {
+    Ok(ContainerBackend::open(home)?)
+}
+
+/// Builds the process to start from the shared flags.
+fn process_spec(args: &ProcessArgs, argv: Vec<String>) -> Result<ProcessSpec> {
+    for pair in &args.env {
+        match pair.split_once('=') {
+            Some((key, _)) if !key.is_empty() && !key.contains('\0') => {}
+            _ => bail!("invalid environment variable '{pair}': use KEY=VALUE"),
+        }
+    }
+    let cwd = args.workdir.clone().unwrap_or_default();
+    if !cwd.is_empty() && !cwd.starts_with('/') {
+        bail!("invalid working directory '{cwd}': it must be an absolute path");
+    }
+    Ok(ProcessSpec { argv, env: args.env.clone(), cwd, tty: args.tty })
+}
+
+/// A fresh exec id.
+fn exec_id() -> String {
+    format!("exec-{:016x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

@@ -1,0 +1,31 @@
+//! `hiber ps`: list sandboxes.
+
+use std::path::Path;
+
+use anyhow::Result;
+use hiber_sandbox::{Backend, SandboxInfo, Status};
+
+use super::backend;
+use crate::format;
+
+pub fn ps(home: &Path, json: bool) -> Result<i32> {
+    let sandboxes = backend(home)?.list()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sandboxes)?);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = sandboxes.iter().map(row).collect();
+    format::table(&["ID", "NAME", "IMAGE", "STATUS", "CREATED", "COMMAND"], &rows);
+    Ok(0)
+}
+
+fn row(info: &SandboxInfo) -> Vec<String> {
+    let r = &info.record;
+    let status = match info.status {
+        Status::Running => "running".to_string(),
+        Status::Exited { code: Some(code) } => format!("exited ({code})"),
+        Status::Exited { code: None } => "exited (?)".to_string(),
+    };
+    let command = r.main.as_ref().map(|m| m.argv.join(" ")).unwrap_or_else(|| "-".into());
+    vec![r.id.clone(), r.name.clone().unwrap_or_default(), r.image.clone(), status, format::age(r.created), command]
+}

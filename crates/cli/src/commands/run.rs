@@ -1,0 +1,49 @@
+//! `hiber run`: create a sandbox and run a command in it.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use hiber_image::ImageStore;
+use hiber_sandbox::{Backend, Limits, SandboxSpec};
+
+use super::{backend, process_spec};
+use crate::attach;
+use crate::cli::RunArgs;
+
+pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
+    let images = ImageStore::open(home)?;
+    let image = images.get(&args.image)?;
+    let limits = Limits {
+        memory_bytes: args.memory.as_deref().map(Limits::parse_memory).transpose()?,
+        cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
+        pids: args.pids.as_deref().map(Limits::parse_pids).transpose()?,
+    };
+    let argv = if args.command.is_empty() { vec!["/bin/sh".to_string()] } else { args.command };
+    let process = process_spec(&args.process, argv)?;
+    if args.detach && (args.process.interactive || args.process.tty) {
+        bail!("-d cannot be combined with -i or -t: use `hiber exec -it` to get a shell in a detached sandbox");
+    }
+    let backend = backend(home)?;
+    let spec = SandboxSpec {
+        name: args.name,
+        image: image.name.clone(),
+        lowers: images.lower_dirs(&image),
+        limits,
+        main: args.detach.then(|| process.clone()),
+    };
+    let info = backend.create(spec)?;
+    let id = info.record.id;
+    if args.detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    // Attached: like `docker run --rm`.
+    let result = backend
+        .connect(&id)
+        .map_err(anyhow::Error::from)
+        .and_then(|conn| attach::exec(conn, info.record.init_pid, hiber_proto::MAIN_ID, process, args.process.interactive));
+    let removed = backend.remove(&id, true);
+    let code = result?;
+    removed?;
+    Ok(code)
+}

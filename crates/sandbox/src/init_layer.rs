@@ -1,0 +1,147 @@
+//! hiber's own read-only layer, the top of every sandbox's layer stack:
+//! hiber-init at [`hiber_proto::INIT_PATH`], the device nodes of a minimal
+//! `/dev`, and the mount points the sandbox needs. Named after a hash of the
+//! hiber-init binary, made once and never changed, so snapshots can rely on it.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+/// Errors preparing the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum InitLayerError {
+    /// The hiber-init binary was not found.
+    #[error("hiber-init not found at {0} (build it with `cargo build`, or set HIBER_INIT)")]
+    MissingBinary(PathBuf),
+    /// Writing the layer failed.
+    #[error("preparing hiber's layer at {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+/// Character devices of the sandbox's `/dev`: name, major, minor.
+const DEVICES: [(&str, u64, u64); 6] =
+    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+
+/// Symbolic links of the sandbox's `/dev`: name, target.
+const DEV_LINKS: [(&str, &str); 5] = [
+    ("ptmx", "pts/ptmx"),
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];
+
+/// Directories and their modes.
+const DIRS: [(&str, u32); 9] = [
+    (".hiber", 0o755),
+    ("dev", 0o755),
+    ("dev/pts", 0o755),
+    ("dev/shm", 0o1777),
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("run", 0o755),
+    ("run/hiber", 0o755),
+    ("tmp", 0o1777),
+];
+
+/// Finds the hiber-init binary: `$HIBER_INIT`, else next to the running
+/// executable (or one level up, for test binaries in `deps/`).
+pub fn locate_binary() -> Result<PathBuf, InitLayerError> {
+    if let Some(path) = std::env::var_os("HIBER_INIT") {
+        let path = PathBuf::from(path);
+        return if path.is_file() { Ok(path) } else { Err(InitLayerError::MissingBinary(path)) };
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [dir.join("hiber-init"), dir.join("../hiber-init")];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| InitLayerError::MissingBinary(candidates[0].clone()))
+}
+
+/// Returns the layer for `binary` under `layers_dir`, making it if needed.
+pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| InitLayerError::Io { path, source }
+    };
+    let bytes = fs::read(binary).map_err(|_| InitLayerError::MissingBinary(binary.to_owned()))?;
+    let hash = blake3::hash(&bytes).to_hex();
+    let layer = layers_dir.join(format!("hiber-init-{}", &hash[..16]));
+    if layer.is_dir() {
+        return Ok(layer);
+    }
+    fs::create_dir_all(layers_dir).map_err(io_err(layers_dir))?;
+    let staging = layers_dir.join(format!(".staging-init-{}", rand::random::<u64>()));
+    let result = build(&staging, &bytes).map_err(io_err(&staging));
+    let result = result.and_then(|()| match fs::rename(&staging, &layer) {
+        // Another process made the same layer first: theirs is identical.
+        Err(_) if layer.is_dir() => Ok(()),
+        other => other.map_err(io_err(&layer)),
+    });
+    let _ = fs::remove_dir_all(&staging);
+    result.map(|()| layer)
+}
+
+fn build(root: &Path, init: &[u8]) -> io::Result<()> {
+    fs::create_dir(root)?;
+    for (dir, mode) in DIRS {
+        let path = root.join(dir);
+        fs::create_dir(&path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+    }
+    let init_path = root.join(hiber_proto::INIT_PATH.trim_start_matches('/'));
+    fs::write(&init_path, init)?;
+    fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
+    for (name, major, minor) in DEVICES {
+        let path = root.join("dev").join(name);
+        mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))?;
+        // mknod's mode is filtered by the umask.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666))?;
+    }
+    for (name, target) in DEV_LINKS {
+        symlink(target, root.join("dev").join(name))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    #[test]
+    fn layer_is_named_by_content_and_made_once() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("SKIP: mknod of device nodes needs root");
+            assert!(std::env::var_os("CI").is_none(), "CI must run as root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("init");
+        fs::write(&bin, b"#!fake init").unwrap();
+        let layer = ensure(&dir.path().join("layers"), &bin).unwrap();
+        assert!(layer.file_name().unwrap().to_str().unwrap().starts_with("hiber-init-"));
+        assert_eq!(fs::read(layer.join(".hiber/init")).unwrap(), b"#!fake init");
+        let null = fs::metadata(layer.join("dev/null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.permissions().mode() & 0o777, 0o666);
+        assert_eq!(fs::read_link(layer.join("dev/ptmx")).unwrap(), PathBuf::from("pts/ptmx"));
+        assert_eq!(fs::metadata(layer.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(ensure(&dir.path().join("layers"), &bin).unwrap(), layer);
+        fs::write(&bin, b"another").unwrap();
+        assert_ne!(ensure(&dir.path().join("layers"), &bin).unwrap(), layer);
+        let leftovers = fs::read_dir(dir.path().join("layers")).unwrap().count();
+        assert_eq!(leftovers, 2, "no staging directories left");
+    }
+}

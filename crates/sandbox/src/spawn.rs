@@ -1,0 +1,356 @@
+//! Starting a sandbox's process tree.
+//!
+//! The caller forks a *shim*: it leaves the caller's session, becomes a child
+//! subreaper, and clones hiber-init into new pid, mount, uts, ipc and net
+//! namespaces. The shim then stays as the parent of the sandbox: it reaps
+//! hiber-init (and anything orphaned to it), records the exit code, and ends.
+//! So nothing is left for the machine's own PID 1 to adopt, and no daemon is
+//! needed: `hiber run -d` returns while the shim carries on.
+//!
+//! The init child is CRIU-friendly: it starts its own session, no host file
+//! descriptor survives its exec, and no parent-death signal is set.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hiber_proto::{InitConfig, INIT_PATH};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, pivot_root, sethostname, setsid};
+
+use crate::cgroup::Cgroup;
+use crate::state::{write_json_atomic, ExitRecord};
+
+/// Errors starting a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A system call in the caller or shim failed.
+    #[error("{0}: {1}")]
+    Sys(&'static str, io::Error),
+    /// Setting up the sandbox's namespaces or root failed in the child.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+    /// The shim ended without reporting.
+    #[error("the sandbox's shim died while starting it (see {0})")]
+    ShimDied(String),
+}
+
+/// What the shim needs to start and watch a sandbox.
+pub struct Launch<'a> {
+    /// The mounted root filesystem.
+    pub rootfs: &'a Path,
+    /// The sandbox's hostname.
+    pub hostname: &'a str,
+    /// hiber-init's configuration.
+    pub init_config: &'a InitConfig,
+    /// The cgroup hiber-init is put into before it runs.
+    pub cgroup: &'a Cgroup,
+    /// Where the shim records hiber-init's exit.
+    pub exit_file: &'a Path,
+    /// Where the shim's own diagnostics go.
+    pub shim_log: &'a Path,
+}
+
+/// Host pids of a started sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Launched {
+    /// The shim watching the sandbox.
+    pub shim_pid: i32,
+    /// hiber-init.
+    pub init_pid: i32,
+}
+
+fn sys<T>(what: &'static str, r: nix::Result<T>) -> Result<T, SpawnError> {
+    r.map_err(|e| SpawnError::Sys(what, e.into()))
+}
+
+fn pipe() -> Result<(File, File), SpawnError> {
+    let (r, w) = sys("pipe", nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))?;
+    Ok((File::from(r), File::from(w)))
+}
+
+/// Forks the shim, which starts hiber-init; returns once hiber-init has
+/// exec'd (or failed to).
+pub fn launch(launch: &Launch) -> Result<Launched, SpawnError> {
+    let (mut report_r, report_w) = pipe()?;
+    let child_args = ChildArgs::new(launch)?;
+    // SAFETY: the child only runs the shim (below) and exits with _exit; with
+    // glibc, allocation after fork is safe even if other threads existed.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(SpawnError::Sys("fork", e.into())),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(report_r);
+            let code = run_shim(launch, &child_args, report_w);
+            // SAFETY: _exit ends this forked process without running the
+            // parent's atexit handlers or flushing its copied buffers.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(report_w);
+            let mut report = String::new();
+            let _ = report_r.read_to_string(&mut report);
+            let shim_pid = child.as_raw();
+            match report.split_once(' ') {
+                Some(("ok", pid)) => Ok(Launched {
+                    shim_pid,
+                    init_pid: pid.trim().parse().map_err(|_| SpawnError::ShimDied(report.clone()))?,
+                }),
+                Some(("err", message)) => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(SpawnError::Setup(message.to_string()))
+                }
+                _ => {
+                    let _ = nix::sys::wait::waitpid(child, None);
+                    Err(SpawnError::ShimDied(launch.shim_log.display().to_string()))
+                }
+            }
+        }
+    }
+}
+
+/// Everything the init child needs, allocated before any fork or clone.
+struct ChildArgs {
+    proc_dir: CString,
+    pts_dir: CString,
+    rootfs: CString,
+    init: CString,
+    argv: [CString; 2],
+    env: [CString; 1],
+}
+
+impl ChildArgs {
+    fn new(launch: &Launch) -> Result<ChildArgs, SpawnError> {
+        let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Setup(format!("NUL byte in {s:?}")));
+        let path = |p: &Path| c(&p.display().to_string());
+        let json = serde_json::to_string(launch.init_config).expect("config serializes");
+        Ok(ChildArgs {
+            proc_dir: path(&launch.rootfs.join("proc"))?,
+            pts_dir: path(&launch.rootfs.join("dev/pts"))?,
+            rootfs: path(launch.rootfs)?,
+            init: c(INIT_PATH)?,
+            argv: [c(INIT_PATH)?, c(&json)?],
+            env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
+        })
+    }
+}
+
+/// The shim: detach, start hiber-init, report, then reap until it is gone.
+fn run_shim(launch: &Launch, args: &ChildArgs, report: File) -> i32 {
+    let _ = setsid();
+    // SAFETY: prctl with integer arguments and a static NUL-terminated name.
+    unsafe {
+        libc::prctl(libc::PR_SET_NAME, c"hiber-shim".as_ptr());
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+    }
+    let report = match isolate_fds(launch.shim_log, report) {
+        Ok(fd) => fd,
+        Err(_) => return 1,
+    };
+    let mut report = File::from(report);
+    match start_init(launch, args) {
+        Err(e) => {
+            let _ = write!(report, "err {e}");
+            1
+        }
+        Ok(init_pid) => {
+            let _ = write!(report, "ok {init_pid}");
+            drop(report);
+            reap_until_empty(init_pid, launch.exit_file);
+            0
+        }
+    }
+}
+
+/// Points stdio at the shim log and /dev/null and closes every other
+/// inherited descriptor (locks, terminals, sockets) except the report pipe,
+/// which moves to fd 3.
+fn isolate_fds(shim_log: &Path, report: File) -> io::Result<OwnedFd> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(shim_log)?;
+    let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
+    // SAFETY: dup2/close_range on descriptors this process owns; afterwards
+    // fd 3 is owned solely by the returned OwnedFd.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+        if libc::dup2(report.as_raw_fd(), 3) != 3 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::fcntl(3, libc::F_SETFD, libc::FD_CLOEXEC);
+        std::mem::forget((log, null, report));
+        libc::syscall(libc::SYS_close_range, 4u32, u32::MAX, 0u32);
+        Ok(OwnedFd::from_raw_fd(3))
+    }
+}
+
+/// clone3's argument block (the version-0 layout).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+/// Clones hiber-init into new namespaces, puts it in the cgroup, lets it run.
+fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
+    let (mut sync_r, mut sync_w) = pipe()?;
+    let (mut err_r, mut err_w) = pipe()?;
+    let clone = CloneArgs {
+        flags: (libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork; the argument block
+    // outlives the call. The child runs only `enter_sandbox` and exits.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, &clone as *const CloneArgs, size_of::<CloneArgs>()) };
+    if pid < 0 {
+        return Err(SpawnError::Sys("clone3", io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        drop(sync_w);
+        drop(err_r);
+        let mut go = [0u8; 1];
+        let _ = sync_r.read(&mut go);
+        let error = enter_sandbox(launch, args);
+        let _ = write!(err_w, "{error}");
+        // SAFETY: leaves the cloned child without unwinding into the shim's code.
+        unsafe { libc::_exit(1) }
+    }
+    let pid = pid as i32;
+    drop(sync_r);
+    drop(err_w);
+    let kill = || {
+        // SAFETY: kill/waitpid on our own child.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+    };
+    if let Err(e) = launch.cgroup.add_process(pid) {
+        kill();
+        return Err(SpawnError::Setup(e.to_string()));
+    }
+    let _ = sync_w.write_all(&[1]);
+    drop(sync_w);
+    let mut error = String::new();
+    let _ = err_r.read_to_string(&mut error);
+    if !error.is_empty() {
+        kill();
+        return Err(SpawnError::Setup(error));
+    }
+    Ok(pid)
+}
+
+/// In the cloned child: set up the root and exec hiber-init. Returns only on
+/// failure, with what failed.
+fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
+    let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
+    let result = (|| -> Result<(), String> {
+        step("setsid", setsid().map(drop))?;
+        step("make / private", mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>))?;
+        let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+        step("mount /proc", mount(Some("proc"), args.proc_dir.as_c_str(), Some("proc"), nosuid | MsFlags::MS_NODEV, None::<&str>))?;
+        step(
+            "mount /dev/pts",
+            mount(Some("devpts"), args.pts_dir.as_c_str(), Some("devpts"), nosuid, Some("newinstance,ptmxmode=0666,mode=0620")),
+        )?;
+        step("chdir to root", chdir(args.rootfs.as_c_str()))?;
+        step("pivot_root", pivot_root(".", "."))?;
+        step("detach the host's root", umount2(".", MntFlags::MNT_DETACH))?;
+        step("chdir /", chdir("/"))?;
+        step("sethostname", sethostname(launch.hostname))?;
+        loopback_up().map_err(|e| format!("loopback up: {e}"))?;
+        let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        // SAFETY: dup2 onto stdio and marking every other descriptor
+        // close-on-exec touch only this process's descriptor table.
+        unsafe {
+            for fd in 0..3 {
+                libc::dup2(null.as_raw_fd(), fd);
+            }
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        }
+        let err = nix::unistd::execve(args.init.as_c_str(), &args.argv, &args.env).unwrap_err();
+        Err(format!("exec {INIT_PATH}: {err}"))
+    })();
+    result.err().unwrap_or_default()
+}
+
+/// Brings up the loopback interface of the current network namespace.
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket for interface ioctls; ifreq is a C struct for
+    // which all-zero is valid; both ioctls read/write only `req`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Exit code of a wait status: the exit status, or 128 + the signal.
+fn exit_code(status: i32) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// Reaps children (hiber-init and orphans re-parented to the shim) until none
+/// is left, recording hiber-init's exit.
+fn reap_until_empty(init_pid: i32, exit_file: &Path) {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if pid == init_pid {
+            let at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            if let Err(e) = write_json_atomic(exit_file, &ExitRecord { code: exit_code(status), at }) {
+                eprintln!("hiber-shim: recording the exit of {init_pid}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(exit_code(7 << 8), 7);
+        assert_eq!(exit_code(libc::SIGKILL), 137);
+        assert_eq!(exit_code(0), 0);
+    }
+}

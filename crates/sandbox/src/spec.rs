@@ -1,0 +1,140 @@
+//! What a sandbox is made of: its image layers, limits and main process.
+
+use std::path::PathBuf;
+
+use hiber_proto::ProcessSpec;
+use serde::{Deserialize, Serialize};
+
+/// Errors in user-supplied sandbox parameters.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// A memory size that is not a number with an optional k/m/g suffix.
+    #[error("invalid memory size '{0}': use bytes or a number with k, m or g (e.g. 512M)")]
+    Memory(String),
+    /// A cpu count that is not a positive number.
+    #[error("invalid cpu count '{0}': use a positive number (e.g. 1 or 0.5)")]
+    Cpus(String),
+    /// A pid limit that is not a positive integer.
+    #[error("invalid pids limit '{0}': use a positive integer")]
+    Pids(String),
+    /// A sandbox name with characters that are not allowed.
+    #[error("invalid sandbox name '{0}': use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    Name(String),
+}
+
+/// Resource limits, enforced through cgroups. `None` means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory limit in bytes; exceeding it gets the sandbox's processes OOM-killed.
+    pub memory_bytes: Option<u64>,
+    /// CPU bandwidth in cores (0.5 = half of one core).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads.
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    /// Parses `512M`, `1g`, `65536`, `100k` into bytes.
+    pub fn parse_memory(text: &str) -> Result<u64, SpecError> {
+        let t = text.trim();
+        let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+            Some((i, _)) => t.split_at(i),
+            None => (t, ""),
+        };
+        let shift = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
+            "" => 0,
+            "k" => 10,
+            "m" => 20,
+            "g" => 30,
+            _ => return Err(SpecError::Memory(text.into())),
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .filter(|n| *n >= 1 << 20)
+            .ok_or_else(|| SpecError::Memory(text.into()))
+    }
+
+    /// Parses a positive, finite number of cores.
+    pub fn parse_cpus(text: &str) -> Result<f64, SpecError> {
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|c| c.is_finite() && *c >= 0.01 && *c <= 1024.0)
+            .ok_or_else(|| SpecError::Cpus(text.into()))
+    }
+
+    /// Parses a positive process count.
+    pub fn parse_pids(text: &str) -> Result<u64, SpecError> {
+        text.trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| SpecError::Pids(text.into()))
+    }
+}
+
+/// Checks a user-chosen sandbox name (it also becomes the hostname).
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok = (1..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::Name(name.into()))
+    }
+}
+
+/// Everything needed to create a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Unique name (also the hostname); the id is used when absent.
+    pub name: Option<String>,
+    /// The image's name, for display.
+    pub image: String,
+    /// The image's read-only layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// The main process, started at boot with its output in the log;
+    /// without one the sandbox idles until it is stopped.
+    pub main: Option<ProcessSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_with_units() {
+        assert_eq!(Limits::parse_memory("512M").unwrap(), 512 << 20);
+        assert_eq!(Limits::parse_memory("1g").unwrap(), 1 << 30);
+        assert_eq!(Limits::parse_memory("2GiB").unwrap(), 2 << 30);
+        assert_eq!(Limits::parse_memory("2048k").unwrap(), 2 << 20);
+        assert_eq!(Limits::parse_memory("4194304").unwrap(), 4 << 20);
+        for bad in ["", "M", "12x", "-1M", "1.5G", "100", "99999999999999G"] {
+            assert!(Limits::parse_memory(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpus_and_pids_reject_nonsense() {
+        assert_eq!(Limits::parse_cpus("0.5").unwrap(), 0.5);
+        assert!(Limits::parse_cpus("0").is_err());
+        assert!(Limits::parse_cpus("nan").is_err());
+        assert_eq!(Limits::parse_pids("64").unwrap(), 64);
+        assert!(Limits::parse_pids("0").is_err());
+        assert!(Limits::parse_pids("-3").is_err());
+    }
+
+    #[test]
+    fn names_are_hostname_safe() {
+        assert!(validate_name("web-1").is_ok());
+        assert!(validate_name("a").is_ok());
+        for bad in ["", "-a", "A", "a b", "a/b", &"x".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}
