@@ -1,1 +1,35 @@
 //! Images and layers.
+//!
+//! A *layer* is an immutable root-filesystem tree under `HOME/layers/<id>/`; an *image* is a
+//! manifest under `HOME/images/<name>.json` naming an ordered stack of layers (bottom to top).
+//!
+//! - [`LayerStore`] creates layers through a [`Staging`] directory (finished with a rename),
+//!   adopts directories already on the same filesystem (a sandbox's upper dir), and removes them.
+//! - [`ImageStore`] lists, reads and removes images and builds them: from the host's
+//!   busybox-static, from a per-machine cached Debian debootstrap, or by importing a directory or
+//!   a tarball.
+//!
+//! Manifests are written atomically: an image exists completely or not at all.
+
+#![warn(missing_docs)]
+
+mod atomic;
+mod busybox;
+mod copy;
+mod debian;
+mod image;
+mod import;
+mod layer;
+mod lock;
+mod mirror;
+mod store;
+
+pub use atomic::AtomicError;
+pub use busybox::BusyboxError;
+pub use copy::CopyError;
+pub use debian::DebianError;
+pub use image::{validate_name, Image, NameError};
+pub use import::ImportError;
+pub use layer::{LayerError, LayerId, LayerStore, Staging};
+pub use mirror::MirrorError;
+pub use store::{ImageStore, StoreError};
