@@ -42,7 +42,9 @@ fn imported_directory_and_tarball_run() {
     for path in [junk.to_str().unwrap(), "/nonexistent/rootfs.tar"] {
         let r = home.run(&["image", "import", path, "--name", "broken"]);
         assert_eq!(r.code, 125, "{}", r.stderr);
-        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        let errors: Vec<&str> = r.stderr.lines().filter(|l| l.starts_with("hiber:")).collect();
+        assert_eq!(errors.len(), 1, "one error line after any progress: {}", r.stderr);
+        assert!(r.stderr.trim_end().ends_with(errors[0]), "the error comes last: {}", r.stderr);
     }
     assert!(!home.ok(&["images"]).contains("broken"));
 }

@@ -82,11 +82,11 @@ fn memory_limit_kills_an_oversized_allocation() {
     require!();
     let home = Home::new();
     home.busybox();
-    // `tail` keeps its whole (newline-free) input in memory.
-    let r = home.run(&["run", "--memory", "32M", "busybox", "sh", "-c", "head -c 200M /dev/zero | tail -c 1 >/dev/null; echo rc=$?"]);
+    // `tail -n 1` keeps its whole (newline-free) input in memory.
+    let r = home.run(&["run", "--memory", "32M", "busybox", "sh", "-c", "head -c 209715200 /dev/zero | tail -n 1 >/dev/null; echo rc=$?"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert_eq!(r.stdout.trim(), "rc=137", "the allocation was OOM-killed");
-    let r = home.run(&["run", "--memory", "256M", "busybox", "sh", "-c", "head -c 20M /dev/zero | tail -c 1 >/dev/null; echo rc=$?"]);
+    let r = home.run(&["run", "--memory", "256M", "busybox", "sh", "-c", "head -c 20971520 /dev/zero | tail -n 1 >/dev/null; echo rc=$?"]);
     assert_eq!(r.stdout.trim(), "rc=0", "a fitting allocation is not killed");
 }
 
@@ -95,9 +95,14 @@ fn pids_limit_stops_a_fork_bomb() {
     require!();
     let home = Home::new();
     home.busybox();
-    let script = "i=0; while [ $i -lt 60 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null; ls /proc | grep -c '^[0-9]'";
-    let r = home.run(&["run", "--pids", "20", "busybox", "sh", "-c", script]);
-    let count: usize = r.stdout.trim().parse().unwrap_or_else(|_| panic!("{} {}", r.stdout, r.stderr));
+    // An inner shell forks until it fails (and dies of it); the outer one
+    // then counts with built-ins only.
+    let bomb = "i=0; while [ $i -lt 60 ]; do sleep 30 >/dev/null 2>&1 & i=$((i+1)); done";
+    let script = format!("sh -c '{bomb}' 2>/dev/null; echo bomb=$?; set -- /proc/[0-9]*; echo $#");
+    let r = home.run(&["run", "--pids", "20", "busybox", "sh", "-c", &script]);
+    let (status, count) = r.stdout.split_once('\n').unwrap_or_else(|| panic!("{} {}", r.stdout, r.stderr));
+    assert_eq!(status, "bomb=2", "the bomb hit the limit");
+    let count: usize = count.trim().parse().unwrap();
     assert!((10..=20).contains(&count), "processes capped at 20, saw {count}");
 }
 

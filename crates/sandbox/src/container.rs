@@ -13,7 +13,7 @@ use crate::client::{ClientError, InitConnection};
 use crate::init_layer::{self, InitLayerError};
 use crate::overlay::{self, Overlay, OverlayError};
 use crate::runtime::{Runtime, RuntimeError, SandboxDir};
-use crate::spawn::{self, Launch, SpawnError};
+use crate::spawn::{self, Launch, SpawnError, Start};
 use crate::spec::{validate_name, SandboxSpec, SpecError};
 use crate::state::{self, process_start, write_json_atomic, SandboxRecord, Status};
 use crate::{Backend, SandboxInfo};
@@ -102,7 +102,7 @@ impl ContainerBackend {
     }
 
     fn info(&self, record: SandboxRecord) -> SandboxInfo {
-        let status = Status::of(&record, &self.runtime.dir(&record.id).exit());
+        let status = Status::of(&record, &self.runtime.dir(&record.id));
         SandboxInfo { record, status }
     }
 
@@ -113,23 +113,20 @@ impl ContainerBackend {
         let dir = self.runtime.dir(&record.id);
         let relative = hiber_proto::MAIN_LOG.trim_start_matches('/');
         Ok(std::iter::once(dir.upper())
-            .chain(std::iter::once(record.init_layer.clone()))
             .chain(record.lowers.iter().cloned())
             .map(|layer| layer.join(relative))
             .find(|path| path.is_file()))
     }
 
     fn start(&self, record: &SandboxRecord, dir: &SandboxDir) -> Result<SandboxRecord, SandboxError> {
-        let mut lowers = vec![record.init_layer.clone()];
-        lowers.extend(record.lowers.iter().cloned());
-        Overlay { lowers, upper: dir.upper(), work: dir.work(), target: dir.rootfs() }.mount()?;
+        Overlay { lowers: record.lowers.clone(), upper: dir.upper(), work: dir.work(), target: dir.rootfs() }.mount()?;
         let cgroup = self.cgroup(&record.id);
         cgroup.create(&record.limits)?;
         let config = InitConfig { main: record.main.clone(), hostname: record.hostname.clone() };
-        let launched = spawn::launch(&Launch {
+        let launched = spawn::launch(Launch {
             rootfs: &dir.rootfs(),
             hostname: &record.hostname,
-            init_config: &config,
+            start: Start::Fresh(&config),
             cgroup: &cgroup,
             exit_file: &dir.exit(),
             shim_log: &dir.shim_log(),
@@ -150,10 +147,10 @@ impl ContainerBackend {
             Err(e) => {
                 last = e.to_string();
                 // Give up at once when init is gone.
-                !Status::of(record, &dir.exit()).is_running()
+                !Status::of(record, &dir).is_running()
             }
         });
-        let alive = Status::of(record, &dir.exit()).is_running();
+        let alive = Status::of(record, &dir).is_running();
         if ready && alive {
             return Ok(());
         }
@@ -169,13 +166,13 @@ impl ContainerBackend {
     /// Kills the process tree and waits until it is gone.
     fn kill(&self, record: &SandboxRecord) {
         let dir = self.runtime.dir(&record.id);
-        if Status::of(record, &dir.exit()).is_running() {
+        if Status::of(record, &dir).is_running() {
             // SAFETY: kill(2) of the sandbox's init, whose identity was just
             // checked by its start time.
             unsafe { libc::kill(record.init_pid, libc::SIGKILL) };
         }
         let _ = self.cgroup(&record.id).destroy();
-        wait_until(Duration::from_secs(10), || !Status::of(record, &dir.exit()).is_running());
+        wait_until(Duration::from_secs(10), || !Status::of(record, &dir).is_running());
         reap_if_child(record.shim_pid);
     }
 
@@ -211,15 +208,16 @@ impl Backend for ContainerBackend {
         if let Some(name) = &spec.name {
             validate_name(name)?;
         }
-        let init_layer = init_layer::ensure(&self.layers_dir, &self.init_binary)?;
+        let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
+        lowers.extend(spec.lowers);
         let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let record = SandboxRecord {
             hostname: spec.name.clone().unwrap_or_else(|| id.clone()),
             id,
             name: spec.name,
             image: spec.image,
-            lowers: spec.lowers,
-            init_layer,
+            lowers,
+            from_snapshot: None,
             limits: spec.limits,
             main: spec.main,
             created: now(),
@@ -273,7 +271,7 @@ impl Backend for ContainerBackend {
         }
         // SAFETY: kill(2) of the sandbox's init, identified by its start time.
         unsafe { libc::kill(record.init_pid, libc::SIGTERM) };
-        if !wait_until(grace, || !Status::of(record, &dir.exit()).is_running()) {
+        if !wait_until(grace, || !Status::of(record, &dir).is_running()) {
             self.kill(record);
         }
         reap_if_child(record.shim_pid);

@@ -28,7 +28,29 @@ pub enum CriuError {
     /// CRIU did not report a version.
     #[error("cannot read the version of {0}")]
     NoVersion(PathBuf),
+    /// CRIU could not be started.
+    #[error("cannot run {path}: {source}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A dump or restore failed; `detail` holds the errors from CRIU's log.
+    #[error("criu {action} failed: {detail} (log: {log})")]
+    Failed {
+        /// `dump` or `restore`.
+        action: &'static str,
+        /// CRIU's own error lines.
+        detail: String,
+        /// The full log.
+        log: PathBuf,
+    },
 }
+
+/// Options every dump and restore uses: established TCP connections, file
+/// locks and unlinked-but-open files are carried; cgroups are hiber's job.
+const COMMON_FLAGS: [&str; 4] = ["--tcp-established", "--file-locks", "--link-remap", "--manage-cgroups=ignore"];
 
 /// A usable CRIU binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +85,49 @@ impl Criu {
     }
 }
 
+impl Criu {
+    /// Dumps the process tree rooted at `pid` into `images`, using the
+    /// freezer cgroup `freezer` (already frozen by the caller, so the tree
+    /// stays frozen afterwards and the caller decides what happens next).
+    pub fn dump(&self, pid: i32, images: &Path, freezer: &Path, log: &Path) -> Result<(), CriuError> {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("dump").arg("--tree").arg(pid.to_string()).arg("--images-dir").arg(images);
+        cmd.arg("--freeze-cgroup").arg(freezer).arg("--leave-running").arg("--log-file").arg(log);
+        cmd.args(COMMON_FLAGS);
+        self.run(cmd, "dump", log)
+    }
+
+    /// The command restoring `images` onto the mounted root `root`,
+    /// detached, with the restored root's host pid written to `pidfile`.
+    pub fn restore_command(&self, images: &Path, root: &Path, pidfile: &Path, log: &Path) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg("restore").arg("--images-dir").arg(images).arg("--root").arg(root);
+        cmd.arg("--restore-detached").arg("--pidfile").arg(pidfile).arg("--log-file").arg(log);
+        cmd.args(COMMON_FLAGS);
+        cmd
+    }
+
+    fn run(&self, mut cmd: Command, action: &'static str, log: &Path) -> Result<(), CriuError> {
+        let out = cmd.output().map_err(|source| CriuError::Spawn { path: self.path.clone(), source })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(failure(action, log, &String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// A [`CriuError::Failed`] with the error lines of CRIU's log (or `stderr`).
+pub fn failure(action: &'static str, log: &Path, stderr: &str) -> CriuError {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).map(str::trim).collect();
+    if errors.is_empty() {
+        errors = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    }
+    let detail = errors.iter().rev().take(3).rev().copied().collect::<Vec<_>>().join("; ");
+    let detail = if detail.is_empty() { "no error in its log".to_string() } else { detail };
+    CriuError::Failed { action, detail, log: log.to_owned() }
+}
+
 /// Extracts `4.2.1` from `criu --version` output (`Version: 4.2.1`).
 fn parse_version(text: &str) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix("Version:")).map(|v| v.trim().to_string())
@@ -77,6 +142,17 @@ fn version_at_least(version: &str, (major, minor): (u32, u32)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_quote_the_last_error_lines_of_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dump.log");
+        std::fs::write(&log, "(0.1) Warn: x\n(0.2) Error (a.c:1): first\n(0.3) Error (b.c:2): second\n").unwrap();
+        let msg = failure("dump", &log, "").to_string();
+        assert!(msg.starts_with("criu dump failed: (0.2) Error (a.c:1): first; (0.3) Error (b.c:2): second"), "{msg}");
+        let msg = failure("restore", &dir.path().join("none"), "boom\n").to_string();
+        assert!(msg.contains("restore failed: boom"), "{msg}");
+    }
 
     #[test]
     fn versions_are_read_and_compared() {

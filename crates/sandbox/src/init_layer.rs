@@ -82,7 +82,7 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
         return Ok(layer);
     }
     fs::create_dir_all(layers_dir).map_err(io_err(layers_dir))?;
-    let staging = layers_dir.join(format!(".staging-init-{}", rand::random::<u64>()));
+    let staging = layers_dir.join(format!(".init-staging-{}", rand::random::<u64>()));
     let result = build(&staging, &bytes).map_err(io_err(&staging));
     let result = result.and_then(|()| match fs::rename(&staging, &layer) {
         // Another process made the same layer first: theirs is identical.

@@ -12,6 +12,7 @@ pub mod criu;
 pub mod init_layer;
 pub mod overlay;
 pub mod runtime;
+pub mod snapshot;
 pub mod spawn;
 pub mod spec;
 pub mod state;

@@ -44,6 +44,10 @@ impl SandboxDir {
     pub fn exit(&self) -> PathBuf {
         self.0.join("exit.json")
     }
+    /// The record a suspending snapshot leaves.
+    pub fn suspended(&self) -> PathBuf {
+        self.0.join("suspended.json")
+    }
     /// The overlay's upper directory.
     pub fn upper(&self) -> PathBuf {
         self.0.join("upper")
@@ -148,7 +152,7 @@ mod tests {
             hostname: id.into(),
             image: "busybox".into(),
             lowers: vec![],
-            init_layer: PathBuf::new(),
+            from_snapshot: None,
             limits: Limits::default(),
             main: None,
             created: 0,

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hiber_proto::{InitConfig, INIT_PATH};
@@ -38,14 +39,30 @@ pub enum SpawnError {
     ShimDied(String),
 }
 
+/// How the sandbox's process tree comes to be.
+pub enum Start<'a> {
+    /// A fresh hiber-init with this configuration, cloned into new namespaces.
+    Fresh(&'a InitConfig),
+    /// A dumped tree brought back by CRIU (namespaces included); the
+    /// command writes the restored root's host pid to `pidfile`.
+    Restore {
+        /// `criu restore ...`, detached.
+        command: Command,
+        /// Where CRIU writes the root's pid.
+        pidfile: &'a Path,
+        /// CRIU's log, quoted when it fails.
+        log: &'a Path,
+    },
+}
+
 /// What the shim needs to start and watch a sandbox.
 pub struct Launch<'a> {
     /// The mounted root filesystem.
     pub rootfs: &'a Path,
     /// The sandbox's hostname.
     pub hostname: &'a str,
-    /// hiber-init's configuration.
-    pub init_config: &'a InitConfig,
+    /// How to start it.
+    pub start: Start<'a>,
     /// The cgroup hiber-init is put into before it runs.
     pub cgroup: &'a Cgroup,
     /// Where the shim records hiber-init's exit.
@@ -74,16 +91,19 @@ fn pipe() -> Result<(File, File), SpawnError> {
 
 /// Forks the shim, which starts hiber-init; returns once hiber-init has
 /// exec'd (or failed to).
-pub fn launch(launch: &Launch) -> Result<Launched, SpawnError> {
+pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     let (mut report_r, report_w) = pipe()?;
-    let child_args = ChildArgs::new(launch)?;
+    let child_args = match &launch.start {
+        Start::Fresh(config) => Some(ChildArgs::new(launch.rootfs, config)?),
+        Start::Restore { .. } => None,
+    };
     // SAFETY: the child only runs the shim (below) and exits with _exit; with
     // glibc, allocation after fork is safe even if other threads existed.
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(SpawnError::Sys("fork", e.into())),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(report_r);
-            let code = run_shim(launch, &child_args, report_w);
+            let code = run_shim(&mut launch, child_args.as_ref(), report_w);
             // SAFETY: _exit ends this forked process without running the
             // parent's atexit handlers or flushing its copied buffers.
             unsafe { libc::_exit(code) }
@@ -122,14 +142,14 @@ struct ChildArgs {
 }
 
 impl ChildArgs {
-    fn new(launch: &Launch) -> Result<ChildArgs, SpawnError> {
+    fn new(rootfs: &Path, config: &InitConfig) -> Result<ChildArgs, SpawnError> {
         let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Setup(format!("NUL byte in {s:?}")));
         let path = |p: &Path| c(&p.display().to_string());
-        let json = serde_json::to_string(launch.init_config).expect("config serializes");
+        let json = serde_json::to_string(config).expect("config serializes");
         Ok(ChildArgs {
-            proc_dir: path(&launch.rootfs.join("proc"))?,
-            pts_dir: path(&launch.rootfs.join("dev/pts"))?,
-            rootfs: path(launch.rootfs)?,
+            proc_dir: path(&rootfs.join("proc"))?,
+            pts_dir: path(&rootfs.join("dev/pts"))?,
+            rootfs: path(rootfs)?,
             init: c(INIT_PATH)?,
             argv: [c(INIT_PATH)?, c(&json)?],
             env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
@@ -138,7 +158,7 @@ impl ChildArgs {
 }
 
 /// The shim: detach, start hiber-init, report, then reap until it is gone.
-fn run_shim(launch: &Launch, args: &ChildArgs, report: File) -> i32 {
+fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 {
     let _ = setsid();
     // SAFETY: prctl with integer arguments and a static NUL-terminated name.
     unsafe {
@@ -150,7 +170,13 @@ fn run_shim(launch: &Launch, args: &ChildArgs, report: File) -> i32 {
         Err(_) => return 1,
     };
     let mut report = File::from(report);
-    match start_init(launch, args) {
+    let started = match (&mut launch.start, args) {
+        (Start::Restore { command, pidfile, log }, _) => restore_tree(launch.cgroup, command, pidfile, log)
+            .and_then(|pid| fix_restored_namespaces(pid, launch.hostname).map(|()| pid)),
+        (Start::Fresh(_), Some(args)) => start_init(launch, args),
+        (Start::Fresh(_), None) => unreachable!("fresh starts prepare their arguments"),
+    };
+    match started {
         Err(e) => {
             let _ = write!(report, "err {e}");
             1
@@ -310,6 +336,67 @@ fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs CRIU's restore from inside the sandbox's cgroup (so the restored
+/// tree, forked by CRIU, lands there) and returns the restored root's pid.
+/// The shim is a subreaper, so the tree becomes its child when CRIU exits.
+fn restore_tree(cgroup: &Cgroup, command: &mut Command, pidfile: &Path, log: &Path) -> Result<i32, SpawnError> {
+    use std::os::unix::process::CommandExt;
+    let cgroup = cgroup.clone();
+    // SAFETY: the hook runs in the forked child before exec; it only writes
+    // the child's own pid into cgroup files.
+    unsafe {
+        command.pre_exec(move || cgroup.add_process(std::process::id() as i32).map_err(io::Error::other));
+    }
+    let out = command.stdin(std::process::Stdio::null()).output().map_err(|e| SpawnError::Sys("criu restore", e))?;
+    if !out.status.success() {
+        return Err(SpawnError::Setup(crate::criu::failure("restore", log, &String::from_utf8_lossy(&out.stderr)).to_string()));
+    }
+    let text = std::fs::read_to_string(pidfile).map_err(|e| SpawnError::Sys("reading criu's pidfile", e))?;
+    text.trim().parse().map_err(|_| SpawnError::Setup(format!("bad pid in criu's pidfile: {text:?}")))
+}
+
+/// Gives a restored sandbox its own hostname (CRIU brings back the old
+/// one) and makes sure its loopback is up, from a child that joins the
+/// sandbox's uts and net namespaces.
+fn fix_restored_namespaces(pid: i32, hostname: &str) -> Result<(), SpawnError> {
+    let open = |ns: &str| File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|e| SpawnError::Sys("opening a namespace", e));
+    let (uts, net) = (open("uts")?, open("net")?);
+    let (mut err_r, mut err_w) = pipe()?;
+    // SAFETY: the child only joins namespaces, sets the hostname and the
+    // loopback flag, and exits with _exit.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => Err(SpawnError::Sys("fork", e.into())),
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(err_r);
+            let result = nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS)
+                .and_then(|()| sethostname(hostname))
+                .map_err(|e| format!("setting the hostname: {e}"))
+                .and_then(|()| nix::sched::setns(&net, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("joining the network namespace: {e}")))
+                .and_then(|()| loopback_up().map_err(|e| format!("loopback up: {e}")));
+            let code = match result {
+                Ok(()) => 0,
+                Err(message) => {
+                    let _ = err_w.write_all(message.as_bytes());
+                    1
+                }
+            };
+            // SAFETY: ends the forked child without unwinding.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(err_w);
+            let mut message = String::new();
+            let _ = err_r.read_to_string(&mut message);
+            let _ = nix::sys::wait::waitpid(child, None);
+            if message.is_empty() {
+                Ok(())
+            } else {
+                Err(SpawnError::Setup(message))
+            }
+        }
+    }
 }
 
 /// Exit code of a wait status: the exit status, or 128 + the signal.

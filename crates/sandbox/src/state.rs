@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use hiber_proto::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::SandboxDir;
 use crate::spec::Limits;
 
 /// The saved description of one sandbox.
@@ -20,10 +21,13 @@ pub struct SandboxRecord {
     pub hostname: String,
     /// The image it was created from, for display.
     pub image: String,
-    /// The image's layers, top-most first (without hiber's own layer).
+    /// The read-only layers under the upper directory, top-most first:
+    /// snapshot layers, hiber's own layer (hiber-init and fixed files), then
+    /// the image's layers.
     pub lowers: Vec<PathBuf>,
-    /// hiber's own layer (hiber-init and the fixed files), on top of `lowers`.
-    pub init_layer: PathBuf,
+    /// The snapshot this sandbox was restored from, if any.
+    #[serde(default)]
+    pub from_snapshot: Option<String>,
     /// Resource limits.
     pub limits: Limits,
     /// The main process, if any.
@@ -54,12 +58,24 @@ pub struct ExitRecord {
     pub at: u64,
 }
 
+/// Left by a snapshot that stopped its sandbox (`suspended.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspendRecord {
+    /// The snapshot to restore to carry on.
+    pub snapshot: String,
+}
+
 /// A sandbox's current status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Status {
     /// hiber-init is alive.
     Running,
+    /// A snapshot stopped it; restoring that snapshot carries on.
+    Suspended {
+        /// The snapshot.
+        snapshot: String,
+    },
     /// hiber-init ended; `code` is unknown when the shim did not see it end
     /// (the shim was killed, or the machine restarted).
     Exited {
@@ -69,22 +85,27 @@ pub enum Status {
 }
 
 impl Status {
-    /// Reads the status of `record`, whose shim writes `exit_file`.
-    pub fn of(record: &SandboxRecord, exit_file: &Path) -> Status {
-        if let Ok(exit) = read_json::<ExitRecord>(exit_file) {
-            return Status::Exited { code: Some(exit.code) };
+    /// Reads the status of `record`, whose runtime directory is `dir`.
+    pub fn of(record: &SandboxRecord, dir: &SandboxDir) -> Status {
+        if is_alive(record) {
+            return Status::Running;
         }
-        if record.init_pid > 0 && process_start(record.init_pid) == Some(record.init_start) {
-            Status::Running
-        } else {
-            Status::Exited { code: None }
+        if let Ok(suspended) = read_json::<SuspendRecord>(&dir.suspended()) {
+            return Status::Suspended { snapshot: suspended.snapshot };
         }
+        let code = read_json::<ExitRecord>(&dir.exit()).ok().map(|e| e.code);
+        Status::Exited { code }
     }
 
     /// True for [`Status::Running`].
-    pub fn is_running(self) -> bool {
-        self == Status::Running
+    pub fn is_running(&self) -> bool {
+        *self == Status::Running
     }
+}
+
+/// Whether the sandbox's init (the very process, not a reuse of its pid) lives.
+pub fn is_alive(record: &SandboxRecord) -> bool {
+    record.init_pid > 0 && process_start(record.init_pid) == Some(record.init_start)
 }
 
 /// A live (not zombie) process's start time in clock ticks after boot.
@@ -138,9 +159,11 @@ mod tests {
     }
 
     #[test]
-    fn status_prefers_the_exit_record_and_detects_a_stale_pid() {
-        let dir = tempfile::tempdir().unwrap();
-        let exit = dir.path().join("exit.json");
+    fn status_reads_liveness_then_suspension_then_the_exit_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let runtime = crate::runtime::Runtime::open(tmp.path()).unwrap();
+        let dir = runtime.dir("0123456789ab");
+        std::fs::create_dir_all(dir.path()).unwrap();
         let me = std::process::id() as i32;
         let mut rec = SandboxRecord {
             id: "0123456789ab".into(),
@@ -148,7 +171,7 @@ mod tests {
             hostname: "h".into(),
             image: "busybox".into(),
             lowers: vec![],
-            init_layer: PathBuf::new(),
+            from_snapshot: None,
             limits: Limits::default(),
             main: None,
             created: 0,
@@ -156,10 +179,12 @@ mod tests {
             init_pid: me,
             init_start: process_start(me).unwrap(),
         };
-        assert_eq!(Status::of(&rec, &exit), Status::Running);
+        assert_eq!(Status::of(&rec, &dir), Status::Running);
         rec.init_start += 1; // same pid, another process
-        assert_eq!(Status::of(&rec, &exit), Status::Exited { code: None });
-        write_json_atomic(&exit, &ExitRecord { code: 3, at: 1 }).unwrap();
-        assert_eq!(Status::of(&rec, &exit), Status::Exited { code: Some(3) });
+        assert_eq!(Status::of(&rec, &dir), Status::Exited { code: None });
+        write_json_atomic(&dir.exit(), &ExitRecord { code: 3, at: 1 }).unwrap();
+        assert_eq!(Status::of(&rec, &dir), Status::Exited { code: Some(3) });
+        write_json_atomic(&dir.suspended(), &SuspendRecord { snapshot: "s1".into() }).unwrap();
+        assert_eq!(Status::of(&rec, &dir), Status::Suspended { snapshot: "s1".into() });
     }
 }

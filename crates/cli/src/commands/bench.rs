@@ -51,7 +51,7 @@ fn one_start(backend: &ContainerBackend, spec: &SandboxSpec) -> Result<Duration>
     let started = Instant::now();
     let info = backend.create(spec.clone())?;
     let process = ProcessSpec { argv: vec!["true".into()], env: vec![], cwd: String::new(), tty: false };
-    let ran = InitConnection::run(info.record.init_pid, hiber_proto::MAIN_ID, process);
+    let ran = InitConnection::run(info.record.init_pid, "bench", process);
     backend.remove(&info.record.id, true)?;
     let out = ran?;
     ensure!(out.code == 0, "`true` exited with {} in the benchmark sandbox", out.code);

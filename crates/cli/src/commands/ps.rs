@@ -21,8 +21,9 @@ pub fn ps(home: &Path, json: bool) -> Result<i32> {
 
 fn row(info: &SandboxInfo) -> Vec<String> {
     let r = &info.record;
-    let status = match info.status {
+    let status = match &info.status {
         Status::Running => "running".to_string(),
+        Status::Suspended { snapshot } => format!("suspended ({snapshot})"),
         Status::Exited { code: Some(code) } => format!("exited ({code})"),
         Status::Exited { code: None } => "exited (?)".to_string(),
     };

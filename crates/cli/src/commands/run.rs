@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use hiber_image::ImageStore;
 use hiber_sandbox::{Backend, Limits, SandboxSpec};
 
-use super::{backend, process_spec};
+use super::{backend, exec_id, process_spec};
 use crate::attach;
 use crate::cli::RunArgs;
 
@@ -41,7 +41,7 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
     let result = backend
         .connect(&id)
         .map_err(anyhow::Error::from)
-        .and_then(|conn| attach::exec(conn, info.record.init_pid, hiber_proto::MAIN_ID, process, args.process.interactive));
+        .and_then(|conn| attach::exec(conn, info.record.init_pid, &exec_id(), process, args.process.interactive));
     let removed = backend.remove(&id, true);
     let code = result?;
     removed?;
