@@ -30,6 +30,14 @@ pub enum Command {
     Stop(StopArgs),
     /// Remove sandboxes and everything they left: processes, mounts, cgroups, files.
     Rm(RmArgs),
+    /// Snapshot a running sandbox (prints the snapshot id); `snapshot rm` removes one.
+    Snapshot(SnapshotArgs),
+    /// List snapshots.
+    Snapshots(JsonFlag),
+    /// Start a new sandbox carrying on from a snapshot (prints its id).
+    Restore(RestoreArgs),
+    /// Start N independent sandboxes from one snapshot (prints their ids).
+    Fork(ForkArgs),
     /// List images.
     Images(JsonFlag),
     /// Build, import or remove images.
@@ -136,6 +144,55 @@ pub struct RmArgs {
     /// Sandbox names, ids or unique id prefixes.
     #[arg(required = true)]
     pub sandboxes: Vec<String>,
+}
+
+/// `hiber snapshot`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub command: Option<SnapshotCommand>,
+    /// Name of the snapshot.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Keep the sandbox running (a live checkpoint); by default it is stopped.
+    #[arg(long)]
+    pub leave_running: bool,
+    /// Sandbox name, id or unique id prefix.
+    #[arg(required = true)]
+    pub sandbox: Option<String>,
+}
+
+/// `hiber snapshot rm`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Remove snapshots. Layers still used by an image, another snapshot or
+    /// a sandbox are kept, so nothing restored from it breaks.
+    Rm {
+        /// Snapshot names, ids or unique id prefixes.
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+    },
+}
+
+/// `hiber restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Name of the new sandbox.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Snapshot name, id or unique id prefix.
+    pub snapshot: String,
+}
+
+/// `hiber fork`.
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// How many sandboxes.
+    #[arg(short = 'n', long = "count", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub count: u32,
+    /// Snapshot name, id or unique id prefix.
+    pub snapshot: String,
 }
 
 /// `hiber image ...`.

@@ -31,6 +31,12 @@ pub enum LayerError {
     /// The layer does not exist.
     #[error("no layer {0}")]
     NotFound(LayerId),
+    /// Copying a tree into a new layer failed.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
+    /// A layer with the id already exists.
+    #[error("layer {0} already exists")]
+    Exists(LayerId),
     /// [`LayerStore::adopt`] was given something that is not a directory.
     #[error("cannot adopt {0} as a layer: not a directory")]
     NotADirectory(PathBuf),
@@ -81,7 +87,8 @@ impl LayerId {
         &self.0
     }
 
-    fn random() -> LayerId {
+    /// A fresh random id, e.g. to name a layer in a journal before it exists.
+    pub fn random() -> LayerId {
         LayerId(format!("{:016x}", rand::random::<u64>()))
     }
 }
@@ -186,14 +193,21 @@ impl LayerStore {
     /// Turns a directory already on the store's filesystem (e.g. a sandbox's overlay upper dir)
     /// into a layer by renaming it into the store. The directory must not be written afterwards.
     pub fn adopt(&self, dir: &Path) -> Result<LayerId, LayerError> {
-        let meta = fs::symlink_metadata(dir)
-            .map_err(LayerError::io(format!("cannot adopt {}", dir.display())))?;
-        if !meta.is_dir() {
-            return Err(LayerError::NotADirectory(dir.to_path_buf()));
-        }
-        let fd =
-            File::open(dir).map_err(LayerError::io(format!("cannot open {}", dir.display())))?;
-        install(&self.dir, dir, &fd)
+        install(&self.dir, dir, &open_dir(dir)?)
+    }
+
+    /// Like [`LayerStore::adopt`], under an id chosen beforehand (recorded in
+    /// a journal, so an interrupted adoption can be finished).
+    pub fn adopt_as(&self, dir: &Path, id: &LayerId) -> Result<(), LayerError> {
+        install_as(&self.dir, dir, &open_dir(dir)?, id)
+    }
+
+    /// Makes layer `id` from a copy of `src` (which may go on changing
+    /// afterwards, unlike an adopted directory).
+    pub fn copy_as(&self, src: &Path, id: &LayerId) -> Result<(), LayerError> {
+        let staging = self.staging()?;
+        crate::copy::copy_tree(src, staging.path(), false)?;
+        staging.commit_as(id)
     }
 
     /// Removes a layer. The directory is first renamed into a staging directory, so a removal
@@ -290,6 +304,13 @@ impl Staging {
         self.committed = true;
         Ok(id)
     }
+
+    /// Finishes the layer under an id chosen beforehand.
+    pub fn commit_as(mut self, id: &LayerId) -> Result<(), LayerError> {
+        install_as(&self.layers, &self.path, &self.lock, id)?;
+        self.committed = true;
+        Ok(())
+    }
 }
 
 impl Drop for Staging {
@@ -303,28 +324,40 @@ impl Drop for Staging {
 
 /// Makes the tree at `src` durable and renames it to a fresh layer id.
 fn install(layers: &Path, src: &Path, fd: &File) -> Result<LayerId, LayerError> {
+    loop {
+        let id = LayerId::random();
+        match install_as(layers, src, fd, &id) {
+            Err(LayerError::Exists(_)) => continue,
+            other => return other.map(|()| id),
+        }
+    }
+}
+
+/// Makes the tree at `src` durable and renames it to layer `id`.
+fn install_as(layers: &Path, src: &Path, fd: &File, id: &LayerId) -> Result<(), LayerError> {
     let what = || format!("cannot make {} a layer", src.display());
     // SAFETY: syncfs only takes a descriptor number; `fd` keeps it open for the call.
     if unsafe { libc::syncfs(fd.as_raw_fd()) } != 0 {
         return Err(LayerError::io(what())(io::Error::last_os_error()));
     }
-    loop {
-        let id = LayerId::random();
-        match rename_noreplace(src, &layers.join(id.as_str())) {
-            Ok(()) => {
-                sync_dir(layers).map_err(LayerError::io(what()))?;
-                return Ok(id);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                return Err(LayerError::CrossDevice {
-                    dir: src.to_path_buf(),
-                    layers: layers.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(LayerError::io(what())(e)),
-        }
+    match rename_noreplace(src, &layers.join(id.as_str())) {
+        Ok(()) => sync_dir(layers).map_err(LayerError::io(what())),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(LayerError::Exists(id.clone())),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(LayerError::CrossDevice {
+            dir: src.to_path_buf(),
+            layers: layers.to_path_buf(),
+        }),
+        Err(e) => Err(LayerError::io(what())(e)),
     }
+}
+
+/// Opens a directory to be adopted, refusing anything else.
+fn open_dir(dir: &Path) -> Result<File, LayerError> {
+    let meta = fs::symlink_metadata(dir).map_err(LayerError::io(format!("cannot adopt {}", dir.display())))?;
+    if !meta.is_dir() {
+        return Err(LayerError::NotADirectory(dir.to_path_buf()));
+    }
+    File::open(dir).map_err(LayerError::io(format!("cannot open {}", dir.display())))
 }
 
 /// Removes a directory tree, or a single file.

@@ -70,6 +70,10 @@ pub enum Request {
     },
     /// Liveness check; answered with [`Reply::Pong`].
     Ping,
+    /// Close every other connection (before a snapshot: CRIU cannot dump a
+    /// connection to the host). Processes keep running and buffer their
+    /// output; clients re-attach by exec id. Answered with [`Reply::Done`].
+    Detach,
 }
 
 /// Control answers from hiber-init.

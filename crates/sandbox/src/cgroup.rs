@@ -180,6 +180,11 @@ impl Cgroup {
         Ok(())
     }
 
+    /// The directory CRIU's `--freeze-cgroup` takes.
+    pub fn freezer_dir(&self) -> PathBuf {
+        self.controller_dir("freezer")
+    }
+
     /// Moves process `pid` (a host pid) into the cgroup.
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         for dir in self.dirs() {

@@ -8,11 +8,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hiber_proto::InitConfig;
 
+use hiber_image::LayerStore;
+use hiber_proto::{Reply, Request};
+
 use crate::cgroup::{wait_until, Cgroup, CgroupError, Hierarchy};
+use crate::checkpoint::SnapshotOptions;
 use crate::client::{ClientError, InitConnection};
+use crate::criu::{Criu, CriuError};
 use crate::init_layer::{self, InitLayerError};
 use crate::overlay::{self, Overlay, OverlayError};
 use crate::runtime::{Runtime, RuntimeError, SandboxDir};
+use crate::snapshot::{Manifest, SnapshotStore, StoreError};
 use crate::spawn::{self, Launch, SpawnError, Start};
 use crate::spec::{validate_name, SandboxSpec, SpecError};
 use crate::state::{self, process_start, write_json_atomic, SandboxRecord, Status};
@@ -51,6 +57,18 @@ pub enum SandboxError {
     /// The name is taken.
     #[error("a sandbox named '{0}' already exists")]
     NameTaken(String),
+    /// CRIU is missing, too old, or failed.
+    #[error(transparent)]
+    Criu(#[from] CriuError),
+    /// Snapshot store trouble (unknown, corrupt or foreign snapshot).
+    #[error(transparent)]
+    Snapshot(#[from] StoreError),
+    /// Layers could not be collected.
+    #[error("collecting unused layers: {0}")]
+    Layers(String),
+    /// A layer could not be made or found.
+    #[error(transparent)]
+    Layer(#[from] hiber_image::LayerError),
     /// The operation needs a stopped sandbox.
     #[error("sandbox {0} is running: stop it first, or use --force")]
     Running(String),
@@ -77,10 +95,31 @@ pub enum SandboxError {
 
 /// Sandboxes as Linux containers, with state under one home directory.
 pub struct ContainerBackend {
+    home: PathBuf,
     runtime: Runtime,
+    layers: LayerStore,
     layers_dir: PathBuf,
+    snapshots: SnapshotStore,
     init_binary: PathBuf,
     hierarchy: Hierarchy,
+}
+
+/// How a sandbox's process tree is started.
+pub(crate) enum How<'a> {
+    /// A fresh hiber-init.
+    Fresh,
+    /// CRIU restores the process image in `images`.
+    Restore {
+        /// The CRIU to run.
+        criu: &'a Criu,
+        /// The snapshot's process image.
+        images: &'a Path,
+    },
+}
+
+/// A new 12-hex-digit id.
+pub(crate) fn new_id() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
 impl ContainerBackend {
@@ -89,16 +128,61 @@ impl ContainerBackend {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(SandboxError::NotRoot);
         }
+        let layers_dir = home.join("layers");
         Ok(ContainerBackend {
+            home: home.to_owned(),
             runtime: Runtime::open(&home.join("sandboxes"))?,
-            layers_dir: home.join("layers"),
+            layers: LayerStore::open(&layers_dir)?,
+            layers_dir,
+            snapshots: SnapshotStore::open(&home.join("snapshots"))?,
             init_binary: init_layer::locate_binary()?,
             hierarchy: Hierarchy::detect()?,
         })
     }
 
-    fn cgroup(&self, id: &str) -> Cgroup {
+    pub(crate) fn cgroup(&self, id: &str) -> Cgroup {
         Cgroup::new(self.hierarchy.clone(), id)
+    }
+
+    pub(crate) fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub(crate) fn layers(&self) -> &LayerStore {
+        &self.layers
+    }
+
+    pub(crate) fn layers_dir(&self) -> &Path {
+        &self.layers_dir
+    }
+
+    pub(crate) fn snapshots(&self) -> &SnapshotStore {
+        &self.snapshots
+    }
+
+    pub(crate) fn find_sandbox(&self, key: &str) -> Result<SandboxInfo, SandboxError> {
+        Ok(self.info(self.runtime.resolve(key)?))
+    }
+
+    /// Every snapshot, oldest first (after finishing or undoing leftovers).
+    pub fn snapshot_list(&self) -> Vec<Manifest> {
+        self.recover_snapshots();
+        self.snapshots.list()
+    }
+
+    /// Asks hiber-init to drop every host connection (CRIU cannot dump a
+    /// connection to the outside). Exec'd processes carry on; their clients
+    /// re-attach by id.
+    pub(crate) fn detach_clients(&self, record: &SandboxRecord) {
+        let detached = InitConnection::open(record.init_pid).and_then(|mut c| {
+            c.request(&Request::Detach)?;
+            c.next_reply(|_| {})
+        });
+        debug_assert!(matches!(detached, Ok(Reply::Done) | Err(_)));
     }
 
     fn info(&self, record: SandboxRecord) -> SandboxInfo {
@@ -118,15 +202,46 @@ impl ContainerBackend {
             .find(|path| path.is_file()))
     }
 
-    fn start(&self, record: &SandboxRecord, dir: &SandboxDir) -> Result<SandboxRecord, SandboxError> {
+    /// Registers `record` (checking its name) and starts it; on failure
+    /// nothing of it is left.
+    pub(crate) fn launch_sandbox(&self, record: SandboxRecord, how: How) -> Result<SandboxInfo, SandboxError> {
+        let dir = self.runtime.dir(&record.id);
+        {
+            let _lock = self.runtime.lock()?;
+            if let Some(name) = &record.name {
+                if self.runtime.list().iter().any(|r| r.name.as_ref() == Some(name)) {
+                    return Err(SandboxError::NameTaken(name.clone()));
+                }
+            }
+            fs::create_dir_all(dir.path()).map_err(|source| SandboxError::Io { path: dir.path().into(), source })?;
+            write_json_atomic(&dir.state(), &record).map_err(|source| SandboxError::Io { path: dir.state(), source })?;
+        }
+        match self.start(&record, &dir, how) {
+            Ok(record) => Ok(self.info(record)),
+            Err(e) => {
+                let record = state::read_json(&dir.state()).unwrap_or(record);
+                let _ = self.teardown(&record);
+                Err(e)
+            }
+        }
+    }
+
+    fn start(&self, record: &SandboxRecord, dir: &SandboxDir, how: How) -> Result<SandboxRecord, SandboxError> {
         Overlay { lowers: record.lowers.clone(), upper: dir.upper(), work: dir.work(), target: dir.rootfs() }.mount()?;
         let cgroup = self.cgroup(&record.id);
         cgroup.create(&record.limits)?;
         let config = InitConfig { main: record.main.clone(), hostname: record.hostname.clone() };
+        let (pidfile, log) = (dir.path().join("init.pid"), dir.path().join("restore.log"));
+        let start = match how {
+            How::Fresh => Start::Fresh(&config),
+            How::Restore { criu, images } => {
+                Start::Restore { command: criu.restore_command(images, &dir.rootfs(), &pidfile, &log), pidfile: &pidfile, log: &log }
+            }
+        };
         let launched = spawn::launch(Launch {
             rootfs: &dir.rootfs(),
             hostname: &record.hostname,
-            start: Start::Fresh(&config),
+            start,
             cgroup: &cgroup,
             exit_file: &dir.exit(),
             shim_log: &dir.shim_log(),
@@ -164,7 +279,7 @@ impl ContainerBackend {
     }
 
     /// Kills the process tree and waits until it is gone.
-    fn kill(&self, record: &SandboxRecord) {
+    pub(crate) fn kill(&self, record: &SandboxRecord) {
         let dir = self.runtime.dir(&record.id);
         if Status::of(record, &dir).is_running() {
             // SAFETY: kill(2) of the sandbox's init, whose identity was just
@@ -210,7 +325,7 @@ impl Backend for ContainerBackend {
         }
         let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
         lowers.extend(spec.lowers);
-        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let id = new_id();
         let record = SandboxRecord {
             hostname: spec.name.clone().unwrap_or_else(|| id.clone()),
             id,
@@ -225,29 +340,11 @@ impl Backend for ContainerBackend {
             init_pid: 0,
             init_start: 0,
         };
-        let dir = self.runtime.dir(&record.id);
-        {
-            let _lock = self.runtime.lock()?;
-            if let Some(name) = &record.name {
-                if self.runtime.list().iter().any(|r| r.name.as_ref() == Some(name)) {
-                    return Err(SandboxError::NameTaken(name.clone()));
-                }
-            }
-            fs::create_dir_all(dir.path()).map_err(|source| SandboxError::Io { path: dir.path().into(), source })?;
-            write_json_atomic(&dir.state(), &record).map_err(|source| SandboxError::Io { path: dir.state(), source })?;
-        }
-        match self.start(&record, &dir) {
-            Ok(record) => Ok(self.info(record)),
-            Err(e) => {
-                let record = state::read_json(&dir.state()).unwrap_or(record);
-                let _ = self.teardown(&record);
-                Err(e)
-            }
-        }
+        self.launch_sandbox(record, How::Fresh)
     }
 
     fn find(&self, key: &str) -> Result<SandboxInfo, SandboxError> {
-        Ok(self.info(self.runtime.resolve(key)?))
+        self.find_sandbox(key)
     }
 
     fn list(&self) -> Result<Vec<SandboxInfo>, SandboxError> {
@@ -276,6 +373,14 @@ impl Backend for ContainerBackend {
         }
         reap_if_child(record.shim_pid);
         Ok(())
+    }
+
+    fn snapshot(&self, key: &str, options: &SnapshotOptions) -> Result<Manifest, SandboxError> {
+        self.snapshot_sandbox(key, options)
+    }
+
+    fn restore(&self, snapshot: &str, name: Option<&str>) -> Result<SandboxInfo, SandboxError> {
+        self.restore_snapshot(snapshot, name)
     }
 
     fn remove(&self, key: &str, force: bool) -> Result<(), SandboxError> {

@@ -6,6 +6,7 @@
 //! overlayfs root, with `hiber-init` as PID 1.
 
 pub mod cgroup;
+pub mod checkpoint;
 pub mod client;
 pub mod container;
 pub mod criu;
@@ -21,8 +22,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use checkpoint::SnapshotOptions;
 pub use client::{InitConnection, Output};
 pub use container::{ContainerBackend, SandboxError};
+pub use snapshot::Manifest;
 pub use spec::{Limits, SandboxSpec};
 pub use state::{SandboxRecord, Status};
 
@@ -55,6 +58,14 @@ pub trait Backend {
 
     /// Stops a sandbox: SIGTERM to its init, SIGKILL after `grace`.
     fn stop(&self, key: &str, grace: Duration) -> Result<(), Self::Error>;
+
+    /// Snapshots a running sandbox: every process, its memory, open files
+    /// and sockets, and its files. It stops afterwards unless asked to keep
+    /// running.
+    fn snapshot(&self, key: &str, options: &SnapshotOptions) -> Result<Manifest, Self::Error>;
+
+    /// Starts a new sandbox that carries on exactly where a snapshot was taken.
+    fn restore(&self, snapshot: &str, name: Option<&str>) -> Result<SandboxInfo, Self::Error>;
 
     /// Removes a stopped sandbox (a running one only with `force`), leaving
     /// no process, mount, cgroup or file behind.

@@ -34,14 +34,25 @@ pub fn image(home: &Path, command: ImageCommand) -> Result<i32> {
         ImageCommand::Import { path, name } => store.import(&path, &name, &mut |l| progress.line(l))?,
         ImageCommand::Rm { name } => {
             store.remove(&name)?;
+            collect_layers(home)?;
             println!("{name}");
             return Ok(0);
         }
     };
     progress.finish();
+    collect_layers(home)?;
     eprintln!("image {} ready: {} in {:.1?}", image.name, format::size(image.size_bytes), started.elapsed());
     println!("{}", image.name);
     Ok(0)
+}
+
+/// Removes layers nothing uses any more (a replaced or removed image's),
+/// when this user may run sandboxes at all.
+fn collect_layers(home: &Path) -> Result<()> {
+    if let Ok(backend) = hiber_sandbox::ContainerBackend::open(home) {
+        backend.collect_layers()?;
+    }
+    Ok(())
 }
 
 /// Shows progress lines: a spinner on a terminal, plain lines otherwise.

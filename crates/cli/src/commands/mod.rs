@@ -8,6 +8,7 @@ mod lifecycle;
 mod logs;
 mod ps;
 mod run;
+mod snapshot;
 
 use std::path::Path;
 
@@ -27,6 +28,10 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Logs(args) => logs::logs(home, args),
         Command::Stop(args) => lifecycle::stop(home, args),
         Command::Rm(args) => lifecycle::rm(home, args),
+        Command::Snapshot(args) => snapshot::snapshot(home, args),
+        Command::Snapshots(args) => snapshot::list(home, args.json),
+        Command::Restore(args) => snapshot::restore(home, args),
+        Command::Fork(args) => snapshot::fork(home, args),
         Command::Images(args) => images::list(home, args.json),
         Command::Image(command) => images::image(home, command),
         Command::Check(args) => check::check(home, args.json),

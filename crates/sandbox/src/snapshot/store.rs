@@ -288,6 +288,31 @@ impl SnapshotStore {
             .collect()
     }
 
+    /// Layers named by the journals of snapshots being built (or left over):
+    /// they may not exist yet, but must not be collected.
+    pub fn layers_in_flight(&self) -> Vec<String> {
+        fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(STAGING))
+            .filter_map(|e| read_json::<Journal>(&e.path().join(JOURNAL)).ok())
+            .map(|j| j.layer)
+            .collect()
+    }
+
+    /// Ids of snapshot directories whose manifest cannot be read.
+    pub fn unreadable(&self) -> Vec<String> {
+        let readable: Vec<String> = self.list().into_iter().map(|m| m.id).collect();
+        fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.') && !readable.contains(n))
+            .collect()
+    }
+
     /// Every readable snapshot, oldest first.
     pub fn list(&self) -> Vec<Manifest> {
         let mut all: Vec<Manifest> = fs::read_dir(&self.root)

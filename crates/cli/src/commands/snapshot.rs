@@ -1,0 +1,74 @@
+//! `hiber snapshot`, `snapshots`, `restore`, `fork` and `snapshot rm`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hiber_sandbox::{Backend, Manifest, SnapshotOptions};
+
+use super::backend;
+use crate::cli::{ForkArgs, RestoreArgs, SnapshotArgs, SnapshotCommand};
+use crate::format;
+
+pub fn snapshot(home: &Path, args: SnapshotArgs) -> Result<i32> {
+    let backend = backend(home)?;
+    if let Some(SnapshotCommand::Rm { snapshots }) = args.command {
+        for key in &snapshots {
+            backend.remove_snapshot(key).with_context(|| format!("removing snapshot {key}"))?;
+            println!("{key}");
+        }
+        return Ok(0);
+    }
+    let sandbox = args.sandbox.expect("clap requires the sandbox");
+    let options = SnapshotOptions { name: args.name, leave_running: args.leave_running };
+    let manifest = backend.snapshot(&sandbox, &options)?;
+    println!("{}", manifest.id);
+    Ok(0)
+}
+
+pub fn list(home: &Path, json: bool) -> Result<i32> {
+    let snapshots = backend(home)?.snapshot_list();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&snapshots)?);
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = snapshots.iter().map(row).collect();
+    format::table(&["ID", "NAME", "PARENT", "SANDBOX", "IMAGE", "SIZE", "CREATED"], &rows);
+    Ok(0)
+}
+
+fn row(m: &Manifest) -> Vec<String> {
+    vec![
+        m.id.clone(),
+        m.name.clone().unwrap_or_default(),
+        m.parent.clone().unwrap_or_else(|| "-".into()),
+        m.source_sandbox.clone(),
+        m.image.clone(),
+        format::size(m.size_bytes()),
+        format::age(m.created),
+    ]
+}
+
+pub fn restore(home: &Path, args: RestoreArgs) -> Result<i32> {
+    let info = backend(home)?.restore(&args.snapshot, args.name.as_deref())?;
+    println!("{}", info.record.id);
+    Ok(0)
+}
+
+pub fn fork(home: &Path, args: ForkArgs) -> Result<i32> {
+    let backend = backend(home)?;
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..args.count).map(|_| s.spawn(|| backend.restore(&args.snapshot, None))).collect();
+        handles.into_iter().map(|h| h.join().expect("restore thread panicked")).collect()
+    });
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(info) => println!("{}", info.record.id),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    match first_error {
+        Some(e) => Err(anyhow::Error::from(e).context("some forks failed (the ids printed are running)")),
+        None => Ok(0),
+    }
+}
