@@ -7,10 +7,14 @@ use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use hiber_proto::{Frame, ProcessSpec, Reply, Request, TtySize};
+use hiber_proto::{Frame, FrameError, ProcessSpec, Reply, Request, TtySize};
+use hiber_sandbox::client::ClientError;
 use hiber_sandbox::InitConnection;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
+
+/// How long hiber-init may take to answer an exec request.
+const FIRST_REPLY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Restores the terminal's settings when dropped.
 struct RawMode(Termios);
@@ -69,8 +73,16 @@ pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessS
     }
 
     let (mut out, mut err) = (io::stdout(), io::stderr());
+    // A frozen sandbox (a snapshot under way) accepts but does not answer.
+    conn.set_timeout(Some(FIRST_REPLY))?;
     loop {
-        match conn.recv().context("connection to the sandbox")? {
+        let frame = conn.recv().map_err(|e| match e {
+            ClientError::Frame(FrameError::Io(io)) if io.kind() == io::ErrorKind::WouldBlock => {
+                anyhow::anyhow!("the sandbox did not answer within {}s (is a snapshot of it under way?)", FIRST_REPLY.as_secs())
+            }
+            e => anyhow::Error::from(e).context("connection to the sandbox"),
+        })?;
+        match frame {
             None => bail!("the sandbox's init closed the connection (was the sandbox stopped?)"),
             Some(Frame::Stdout(bytes)) => {
                 out.write_all(&bytes)?;
@@ -83,7 +95,7 @@ pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessS
             Some(frame @ Frame::Control(_)) => match frame.parse_control::<Reply>() {
                 Some(Reply::Exited { code }) => return Ok(code),
                 Some(Reply::Error { message }) => bail!("{message}"),
-                Some(_) => {}
+                Some(_) => conn.set_timeout(None)?,
                 None => bail!("malformed answer from the sandbox's init"),
             },
             Some(_) => {}

@@ -144,6 +144,11 @@ async fn request(stream: UnixStream, table: &RefCell<ExecTable>, registered: &Co
     hiber_proto::encode(&Frame::control(&reply), &mut wire);
     // A host that left does not need its answer.
     let _ = write.write_all(&wire).await;
+    // Close without a shutdown first: the host takes end-of-stream as "init
+    // holds no socket of mine any more" (a snapshot follows a Detach at
+    // once, and the freezer may stop init between a shutdown and a close).
+    drop(reader);
+    write.forget();
 }
 
 #[cfg(test)]

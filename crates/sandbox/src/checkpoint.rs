@@ -57,8 +57,9 @@ impl ContainerBackend {
         let layer = LayerId::random();
         let journal = Journal { sandbox: record.id.clone(), leave_running: options.leave_running, layer: layer.to_string() };
         pending.write_journal(&journal)?;
+        pending.share_lock_with_children();
 
-        self.detach_clients(&record);
+        self.detach_clients(&record)?;
         let cgroup = self.cgroup(&record.id);
         cgroup.set_frozen(true)?;
         let log = dir.path().join("dump.log");

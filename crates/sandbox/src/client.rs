@@ -79,6 +79,18 @@ impl InitConnection {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
     }
 
+    /// Bounds how long a receive waits (`None`: forever).
+    pub fn set_timeout(&self, limit: Option<std::time::Duration>) -> io::Result<()> {
+        self.stream.set_read_timeout(limit)
+    }
+
+    /// Waits (up to `limit`) until hiber-init has closed its end, discarding
+    /// anything still sent.
+    pub fn wait_closed(&mut self, limit: std::time::Duration) {
+        let _ = self.stream.set_read_timeout(Some(limit));
+        while let Ok(Some(_)) = self.recv() {}
+    }
+
     /// Receives the next control reply, handing output frames to `output`.
     pub fn next_reply(&mut self, mut output: impl FnMut(&Frame)) -> Result<Reply, ClientError> {
         loop {

@@ -175,14 +175,18 @@ impl ContainerBackend {
     }
 
     /// Asks hiber-init to drop every host connection (CRIU cannot dump a
-    /// connection to the outside). Exec'd processes carry on; their clients
-    /// re-attach by id.
-    pub(crate) fn detach_clients(&self, record: &SandboxRecord) {
-        let detached = InitConnection::open(record.init_pid).and_then(|mut c| {
-            c.request(&Request::Detach)?;
-            c.next_reply(|_| {})
-        });
-        debug_assert!(matches!(detached, Ok(Reply::Done) | Err(_)));
+    /// connection to the outside), this one included: returns once init has
+    /// closed its end. Exec'd processes carry on; clients re-attach by id.
+    pub(crate) fn detach_clients(&self, record: &SandboxRecord) -> Result<(), SandboxError> {
+        let mut conn = InitConnection::open(record.init_pid)?;
+        conn.request(&Request::Detach)?;
+        match conn.next_reply(|_| {})? {
+            Reply::Done => {
+                conn.wait_closed(READY_TIMEOUT);
+                Ok(())
+            }
+            other => Err(ClientError::Unexpected(format!("{other:?}")).into()),
+        }
     }
 
     fn info(&self, record: SandboxRecord) -> SandboxInfo {

@@ -28,6 +28,27 @@ pub fn can_run(test: &str) -> bool {
     false
 }
 
+/// Like [`can_run`], and CRIU (>= 4.2) must be installed.
+pub fn can_snapshot(test: &str) -> bool {
+    if !can_run(test) {
+        return false;
+    }
+    let criu = std::process::Command::new(env!("CARGO_BIN_EXE_hiber")).args(["check", "--json"]).output();
+    let ok = criu
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).ok())
+        .map(|checks| checks.iter().any(|c| c["what"] == "criu" && c["ok"] == true))
+        .unwrap_or(false);
+    if ok {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: needs CRIU >= 4.2 (scripts/setup.sh), and CI is set: a missing prerequisite is a failure");
+    }
+    eprintln!("SKIP {test}: needs CRIU >= 4.2 (run scripts/setup.sh)");
+    false
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -116,6 +137,11 @@ impl Home {
     /// `hiber ps --json` parsed.
     pub fn ps(&self) -> Vec<serde_json::Value> {
         serde_json::from_str(&self.ok(&["ps", "--json"])).expect("ps --json")
+    }
+
+    /// `hiber snapshots --json` parsed.
+    pub fn snapshots(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["snapshots", "--json"])).expect("snapshots --json")
     }
 
     /// The `ps --json` entry of sandbox `id`.

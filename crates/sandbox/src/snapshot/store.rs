@@ -179,6 +179,14 @@ impl Pending {
         &self.id
     }
 
+    /// Lets child processes started from now on (CRIU) hold the staging
+    /// lock too, so a successor does not recover this snapshot while they
+    /// still work on it, even if this process was killed.
+    pub fn share_lock_with_children(&self) {
+        // SAFETY: clears FD_CLOEXEC on a descriptor `_lock` owns.
+        unsafe { libc::fcntl(self._lock.as_raw_fd(), libc::F_SETFD, 0) };
+    }
+
     /// Where CRIU writes the process image.
     pub fn criu_dir(&self) -> PathBuf {
         self.dir.join("criu")
@@ -190,15 +198,17 @@ impl Pending {
         write_json_atomic(&path, journal).map_err(io_err(&path))
     }
 
-    /// Checksums every file and writes the manifest durably (still staged).
+    /// Makes every file durable, checksums it, then writes the manifest
+    /// durably (still staged).
     pub fn seal(&self, mut manifest: Manifest) -> Result<Manifest, StoreError> {
         manifest.files.clear();
         let criu = self.criu_dir();
         for rel in files_below(&criu).map_err(io_err(&criu))? {
             let path = criu.join(&rel);
-            let (size, blake3) = hash_file(&path).map_err(io_err(&path))?;
+            let (size, blake3) = hash_file(&path).and_then(|sum| File::open(&path)?.sync_all().map(|()| sum)).map_err(io_err(&path))?;
             manifest.files.push(FileSum { path: format!("criu/{rel}"), size, blake3 });
         }
+        File::open(&criu).and_then(|d| d.sync_all()).map_err(io_err(&criu))?;
         let path = self.dir.join(MANIFEST);
         write_json_atomic(&path, &manifest).map_err(io_err(&path))?;
         Ok(manifest)
