@@ -135,17 +135,24 @@ fn unlinked_open_files_and_a_piped_process_tree_come_back_whole() {
     let home = Home::new();
     home.busybox();
     // Three levels (sh -> sh -> producer | consumer) with a pipe, and an
-    // unlinked file held open by the top shell.
+    // unlinked file held open by the top shell (`; true` keeps busybox from
+    // exec'ing the last command in its place).
     let script = "echo secret-content > /tmp/gone; exec 3< /tmp/gone; rm /tmp/gone; \
-        sh -c 'sh -c \"while true; do echo tick; sleep 0.05; done\" | while read l; do n=$((n+1)); echo $n > /tmp/ticks; done'";
+        sh -c 'sh -c \"while true; do echo tick; sleep 0.05; done\" | while read l; do n=$((n+1)); echo $n > /tmp/ticks; done'; true";
     let id = home.detached(&["busybox", "sh", "-c", script]);
     assert!(eventually(Duration::from_secs(5), || home.run(&["exec", &id, "cat", "/tmp/ticks"]).code == 0));
-    let tree = "ps -o pid,ppid,comm | grep -v 'ps\\|cat' | wc -l";
+    // Shells exactly three levels below init: the producer and the consumer
+    // (a producer's fork before it execs `sleep` is a level deeper).
+    let tree = "level() { d=0; q=$1; while [ \"$q\" != 1 ]; do q=$(sed -n 's/^PPid:\\t//p' /proc/$q/status 2>/dev/null); [ -n \"$q\" ] || return; d=$((d+1)); done; echo $d; }; \
+        n=0; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sh ] && [ \"$(level ${p#/proc/})\" = 3 ] && n=$((n+1)); done; echo $n";
     let before = home.ok(&["exec", &id, "sh", "-c", tree]);
+    assert_eq!(before, "2\n", "producer and consumer, three levels deep");
     let snap = home.ok(&["snapshot", &id]).trim().to_string();
     let restored = home.ok(&["restore", &snap]).trim().to_string();
-    let ticks = |s: &str| home.ok(&["exec", s, "cat", "/tmp/ticks"]).trim().parse::<u64>().unwrap();
-    let t1 = ticks(&restored);
+    // The consumer rewrites the file: a read may catch it empty.
+    let ticks = |s: &str| home.ok(&["exec", s, "cat", "/tmp/ticks"]).trim().parse::<u64>().unwrap_or(0);
+    let mut t1 = 0;
+    assert!(eventually(Duration::from_secs(5), || { t1 = ticks(&restored); t1 > 0 }));
     assert!(eventually(Duration::from_secs(5), || ticks(&restored) > t1 + 3), "the pipe still flows");
     assert_eq!(home.ok(&["exec", &restored, "sh", "-c", tree]), before, "same process tree");
     // Every process of the tree inherited fd 3: read it once per process, then dedupe.
