@@ -238,9 +238,7 @@ impl ContainerBackend {
         let (pidfile, log) = (dir.path().join("init.pid"), dir.path().join("restore.log"));
         let start = match how {
             How::Fresh => Start::Fresh(&config),
-            How::Restore { criu, images } => {
-                Start::Restore { command: criu.restore_command(images, &dir.rootfs(), &pidfile, &log), pidfile: &pidfile, log: &log }
-            }
+            How::Restore { criu, images } => Start::Restore { criu, images, pidfile: &pidfile, log: &log },
         };
         let launched = spawn::launch(Launch {
             rootfs: &dir.rootfs(),

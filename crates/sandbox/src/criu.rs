@@ -50,7 +50,15 @@ pub enum CriuError {
 
 /// Options every dump and restore uses: established TCP connections, file
 /// locks and unlinked-but-open files are carried; cgroups are hiber's job.
-const COMMON_FLAGS: [&str; 4] = ["--tcp-established", "--file-locks", "--link-remap", "--manage-cgroups=ignore"];
+/// No network lock: nothing outside a sandbox can reach it, so no packet
+/// can arrive while it is frozen (the lock costs two iptables runs).
+const COMMON_FLAGS: [&str; 5] =
+    ["--tcp-established", "--file-locks", "--link-remap", "--manage-cgroups=ignore", "--network-lock=skip"];
+
+/// The key naming the sandbox's network namespace as external: hiber makes
+/// a fresh one (loopback only, like every sandbox's) for each restore
+/// instead of CRIU saving and replaying it with `ip` and `iptables-save`.
+const NETNS_KEY: &str = "hiber-netns";
 
 /// A usable CRIU binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,16 +102,22 @@ impl Criu {
         cmd.arg("dump").arg("--tree").arg(pid.to_string()).arg("--images-dir").arg(images);
         cmd.arg("--freeze-cgroup").arg(freezer).arg("--leave-running").arg("--log-file").arg(log);
         cmd.args(COMMON_FLAGS);
+        let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map_err(|source| CriuError::Spawn { path: format!("/proc/{pid}/ns/net").into(), source })?;
+        cmd.arg("--external").arg(format!("net[{}]:{NETNS_KEY}", std::os::unix::fs::MetadataExt::ino(&netns)));
         self.run(cmd, "dump", log)
     }
 
     /// The command restoring `images` onto the mounted root `root`,
     /// detached, with the restored root's host pid written to `pidfile`.
-    pub fn restore_command(&self, images: &Path, root: &Path, pidfile: &Path, log: &Path) -> Command {
+    /// The tree joins the network namespace open at descriptor `netns`
+    /// (which the command must inherit).
+    pub fn restore_command(&self, images: &Path, root: &Path, pidfile: &Path, log: &Path, netns: i32) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg("restore").arg("--images-dir").arg(images).arg("--root").arg(root);
         cmd.arg("--restore-detached").arg("--pidfile").arg(pidfile).arg("--log-file").arg(log);
         cmd.args(COMMON_FLAGS);
+        cmd.arg("--inherit-fd").arg(format!("fd[{netns}]:{NETNS_KEY}"));
         cmd
     }
 

@@ -23,6 +23,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root, sethostname, setsid};
 
 use crate::cgroup::Cgroup;
+use crate::criu::Criu;
 use crate::state::{write_json_atomic, ExitRecord};
 
 /// Errors starting a sandbox.
@@ -43,12 +44,14 @@ pub enum SpawnError {
 pub enum Start<'a> {
     /// A fresh hiber-init with this configuration, cloned into new namespaces.
     Fresh(&'a InitConfig),
-    /// A dumped tree brought back by CRIU (namespaces included); the
-    /// command writes the restored root's host pid to `pidfile`.
+    /// A dumped tree brought back by CRIU, into a fresh network namespace
+    /// (CRIU re-creates the others).
     Restore {
-        /// `criu restore ...`, detached.
-        command: Command,
-        /// Where CRIU writes the root's pid.
+        /// The CRIU to run.
+        criu: &'a Criu,
+        /// The process image.
+        images: &'a Path,
+        /// Where CRIU writes the restored root's host pid.
         pidfile: &'a Path,
         /// CRIU's log, quoted when it fails.
         log: &'a Path,
@@ -171,8 +174,12 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
     };
     let mut report = File::from(report);
     let started = match (&mut launch.start, args) {
-        (Start::Restore { command, pidfile, log }, _) => restore_tree(launch.cgroup, command, pidfile, log)
-            .and_then(|pid| fix_restored_namespaces(pid, launch.hostname).map(|()| pid)),
+        (Start::Restore { criu, images, pidfile, log }, _) => fresh_netns()
+            .and_then(|netns| {
+                let mut command = criu.restore_command(images, launch.rootfs, pidfile, log, netns.as_raw_fd());
+                restore_tree(launch.cgroup, &mut command, pidfile, log)
+            })
+            .and_then(|pid| set_hostname(pid, launch.hostname).map(|()| pid)),
         (Start::Fresh(_), Some(args)) => start_init(launch, args),
         (Start::Fresh(_), None) => unreachable!("fresh starts prepare their arguments"),
     };
@@ -357,28 +364,40 @@ fn restore_tree(cgroup: &Cgroup, command: &mut Command, pidfile: &Path, log: &Pa
     text.trim().parse().map_err(|_| SpawnError::Setup(format!("bad pid in criu's pidfile: {text:?}")))
 }
 
+/// A new network namespace with loopback up, like every sandbox's, for a
+/// restored tree to join; inheritable, so CRIU gets it.
+fn fresh_netns() -> Result<OwnedFd, SpawnError> {
+    use nix::sched::{setns, unshare, CloneFlags};
+    let io = |what: &'static str| move |e: nix::Error| SpawnError::Sys(what, e.into());
+    let host = File::open("/proc/self/ns/net").map_err(|e| SpawnError::Sys("opening the host's netns", e))?;
+    unshare(CloneFlags::CLONE_NEWNET).map_err(io("creating a network namespace"))?;
+    let made = loopback_up()
+        .and_then(|()| File::open("/proc/self/ns/net"))
+        .map_err(|e| SpawnError::Sys("preparing the network namespace", e));
+    // The shim itself stays in the host's namespace.
+    setns(&host, CloneFlags::CLONE_NEWNET).map_err(io("returning to the host's netns"))?;
+    let netns = OwnedFd::from(made?);
+    // SAFETY: clears FD_CLOEXEC on a descriptor `netns` owns.
+    unsafe { libc::fcntl(netns.as_raw_fd(), libc::F_SETFD, 0) };
+    Ok(netns)
+}
+
 /// Gives a restored sandbox its own hostname (CRIU brings back the old
-/// one) and makes sure its loopback is up, from a child that joins the
-/// sandbox's uts and net namespaces.
-fn fix_restored_namespaces(pid: i32, hostname: &str) -> Result<(), SpawnError> {
-    let open = |ns: &str| File::open(format!("/proc/{pid}/ns/{ns}")).map_err(|e| SpawnError::Sys("opening a namespace", e));
-    let (uts, net) = (open("uts")?, open("net")?);
+/// one), from a child that joins the sandbox's uts namespace.
+fn set_hostname(pid: i32, hostname: &str) -> Result<(), SpawnError> {
+    let uts = File::open(format!("/proc/{pid}/ns/uts")).map_err(|e| SpawnError::Sys("opening the uts namespace", e))?;
     let (mut err_r, mut err_w) = pipe()?;
-    // SAFETY: the child only joins namespaces, sets the hostname and the
-    // loopback flag, and exits with _exit.
+    // SAFETY: the child only joins the namespace, sets the hostname, and
+    // exits with _exit.
     match unsafe { nix::unistd::fork() } {
         Err(e) => Err(SpawnError::Sys("fork", e.into())),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(err_r);
-            let result = nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS)
-                .and_then(|()| sethostname(hostname))
-                .map_err(|e| format!("setting the hostname: {e}"))
-                .and_then(|()| nix::sched::setns(&net, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("joining the network namespace: {e}")))
-                .and_then(|()| loopback_up().map_err(|e| format!("loopback up: {e}")));
+            let result = nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS).and_then(|()| sethostname(hostname));
             let code = match result {
                 Ok(()) => 0,
-                Err(message) => {
-                    let _ = err_w.write_all(message.as_bytes());
+                Err(e) => {
+                    let _ = write!(err_w, "setting the hostname: {e}");
                     1
                 }
             };
