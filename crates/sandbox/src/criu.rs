@@ -79,6 +79,7 @@ impl Criu {
             .chain([PathBuf::from(INSTALLED)])
             .chain(std::env::split_paths(&search_path).map(|d| d.join("criu")));
         let path = candidates.find(|p| p.is_file()).ok_or(CriuError::Missing)?;
+        ensure_kdat_cache();
         Self::check(&path)
     }
 
@@ -127,6 +128,27 @@ impl Criu {
             return Ok(());
         }
         Err(failure(action, log, &String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// Where the set-up's CRIU keeps its kernel-feature cache (`criu.kdat`).
+const KDAT_DIR: &str = "/run/hiber/criu";
+
+/// CRIU keeps its kernel-feature cache only on a tmpfs, and /run is not one
+/// on every machine: without it each CRIU run probes the kernel again
+/// (~35-45 ms). The set-up mounts one; after a reboot, hiber does.
+fn ensure_kdat_cache() {
+    let dir = Path::new(KDAT_DIR);
+    let on_tmpfs = nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs && std::fs::create_dir_all(dir).is_ok() {
+        // Best effort: CRIU works without the cache, only slower.
+        let _ = nix::mount::mount(
+            Some("hiber-criu"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+            Some("size=1m,mode=0700"),
+        );
     }
 }
 
