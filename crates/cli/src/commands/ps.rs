@@ -27,6 +27,27 @@ fn row(info: &SandboxInfo) -> Vec<String> {
         Status::Exited { code: Some(code) } => format!("exited ({code})"),
         Status::Exited { code: None } => "exited (?)".to_string(),
     };
-    let command = r.main.as_ref().map(|m| m.argv.join(" ")).unwrap_or_else(|| "-".into());
+    let command = r.main.as_ref().map(|m| one_line(&m.argv.join(" "), 40)).unwrap_or_else(|| "-".into());
     vec![r.id.clone(), r.name.clone().unwrap_or_default(), r.image.clone(), status, format::age(r.created), command]
+}
+
+/// `text` on one line, cut to `max` characters with an ellipsis.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() <= max {
+        return flat;
+    }
+    let cut: String = flat.chars().take(max - 1).collect();
+    format!("{cut}…")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn commands_are_flattened_and_cut() {
+        assert_eq!(one_line("sh -c\n  echo  hi", 40), "sh -c echo hi");
+        assert_eq!(one_line("abcdefghij", 5), "abcd…");
+    }
 }
