@@ -96,6 +96,7 @@ pub fn dispatch(frame: &Frame, table: &RefCell<ExecTable>) -> Action {
     match request {
         Request::Ping => Action::Reply(Reply::Pong { version: env!("CARGO_PKG_VERSION").into() }),
         Request::Detach => Action::Detach,
+        Request::Serve => error("this hiber-init does not relay the SDK yet"),
         Request::Signal { id, signal } => match table.borrow().signal(&id, signal) {
             Ok(()) => Action::Reply(Reply::Done),
             Err(e) => error(e),

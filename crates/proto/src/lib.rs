@@ -13,10 +13,15 @@ pub mod frame;
 pub mod message;
 
 pub use frame::{decode, encode, read_frame, write_frame, Frame, FrameError, MAX_PAYLOAD};
-pub use message::{InitConfig, ProcessSpec, Reply, Request, TtySize};
+pub use message::{Answer, InitConfig, ProcessSpec, Reply, Request, TtySize};
 
 /// Path of hiber-init's control socket, inside the sandbox.
 pub const INIT_SOCKET: &str = "/run/hiber/init.sock";
+
+/// The in-sandbox SDK's socket: the agent's code sends one JSON object per
+/// line and reads one JSON answer per line; hiber-init relays each call to
+/// the host (see [`Request::Serve`]).
+pub const SDK_SOCKET: &str = "/run/hiber/sdk.sock";
 
 /// Where hiber-init appends the output of the sandbox's main process.
 pub const MAIN_LOG: &str = "/run/hiber/main.log";

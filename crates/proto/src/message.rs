@@ -70,6 +70,15 @@ pub enum Request {
     },
     /// Liveness check; answered with [`Reply::Pong`].
     Ping,
+    /// Become the relay of the in-sandbox SDK: hiber-init forwards every
+    /// call the agent's code makes on [`crate::SDK_SOCKET`] as a
+    /// [`Frame::Control`](crate::Frame::Control) holding a [`Reply::Call`],
+    /// and the host answers each with an [`Answer`] in a control frame. Calls
+    /// not answered when the connection ends (e.g. a snapshot detaches it)
+    /// stay pending inside the sandbox and are sent again, same `call`
+    /// numbers, to the next `Serve` connection. One relay at a time: a new
+    /// `Serve` replaces the old one.
+    Serve,
     /// Close every other connection (before a snapshot: CRIU cannot dump a
     /// connection to the host). Processes keep running and buffer their
     /// output; clients re-attach by exec id. Answered with [`Reply::Done`].
@@ -99,11 +108,30 @@ pub enum Reply {
     },
     /// Answer to [`Request::Signal`].
     Done,
+    /// A call of the in-sandbox SDK, relayed to the host (on a `Serve`
+    /// connection).
+    Call {
+        /// Numbers the call within the sandbox's life (across snapshots).
+        call: u64,
+        /// The call as the agent's SDK sent it (one JSON object, e.g.
+        /// `{"op": "next_message"}`); hiber-init does not interpret it.
+        request: serde_json::Value,
+    },
     /// The request failed; the connection is closed after it.
     Error {
         /// One line saying what went wrong.
         message: String,
     },
+}
+
+/// The host's answer to a [`Reply::Call`], on a `Serve` connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The call answered.
+    pub call: u64,
+    /// What the agent's SDK receives, as one JSON object (e.g.
+    /// `{"ok": true, "result": ...}`); hiber-init does not interpret it.
+    pub response: serde_json::Value,
 }
 
 #[cfg(test)]
