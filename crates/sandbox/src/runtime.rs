@@ -143,23 +143,9 @@ fn resolve_in(records: Vec<SandboxRecord>, key: &str) -> Result<SandboxRecord, R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Limits;
 
     fn record(id: &str, name: Option<&str>) -> SandboxRecord {
-        SandboxRecord {
-            id: id.into(),
-            name: name.map(Into::into),
-            hostname: id.into(),
-            image: "busybox".into(),
-            lowers: vec![],
-            from_snapshot: None,
-            limits: Limits::default(),
-            main: None,
-            created: 0,
-            shim_pid: 0,
-            init_pid: 0,
-            init_start: 0,
-        }
+        SandboxRecord::for_tests(id, name)
     }
 
     #[test]

@@ -43,6 +43,25 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
+    /// A record of a sandbox that never started, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, name: Option<&str>) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            name: name.map(Into::into),
+            hostname: id.into(),
+            image: "busybox".into(),
+            lowers: vec![],
+            from_snapshot: None,
+            limits: Limits::default(),
+            main: None,
+            created: 0,
+            shim_pid: 0,
+            init_pid: 0,
+            init_start: 0,
+        }
+    }
+
     /// The name if set, else the id.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.id)
@@ -165,20 +184,9 @@ mod tests {
         let dir = runtime.dir("0123456789ab");
         std::fs::create_dir_all(dir.path()).unwrap();
         let me = std::process::id() as i32;
-        let mut rec = SandboxRecord {
-            id: "0123456789ab".into(),
-            name: None,
-            hostname: "h".into(),
-            image: "busybox".into(),
-            lowers: vec![],
-            from_snapshot: None,
-            limits: Limits::default(),
-            main: None,
-            created: 0,
-            shim_pid: 0,
-            init_pid: me,
-            init_start: process_start(me).unwrap(),
-        };
+        let mut rec = SandboxRecord::for_tests("0123456789ab", None);
+        rec.init_pid = me;
+        rec.init_start = process_start(me).unwrap();
         assert_eq!(Status::of(&rec, &dir), Status::Running);
         rec.init_start += 1; // same pid, another process
         assert_eq!(Status::of(&rec, &dir), Status::Exited { code: None });
