@@ -118,6 +118,13 @@ impl Runtime {
 
     /// Finds a sandbox by exact name, exact id, or unique id prefix.
     pub fn resolve(&self, key: &str) -> Result<SandboxRecord, RuntimeError> {
+        // An exact id (what hiber itself passes around) needs no scan: names
+        // never look like ids (see `validate_name`).
+        if let Ok(record) = read_json::<SandboxRecord>(&self.dir(key).state()) {
+            if record.id == key {
+                return Ok(record);
+            }
+        }
         resolve_in(self.list(), key)
     }
 }

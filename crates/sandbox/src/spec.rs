@@ -18,7 +18,7 @@ pub enum SpecError {
     #[error("invalid pids limit '{0}': use a positive integer")]
     Pids(String),
     /// A sandbox name with characters that are not allowed.
-    #[error("invalid sandbox name '{0}': use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    #[error("invalid sandbox name '{0}': use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit, and not 12 hex digits like an id")]
     Name(String),
 }
 
@@ -77,9 +77,11 @@ impl Limits {
 
 /// Checks a user-chosen sandbox name (it also becomes the hostname).
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let looks_like_an_id = name.len() == 12 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     let ok = (1..=63).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric();
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && !looks_like_an_id;
     if ok {
         Ok(())
     } else {
@@ -133,7 +135,7 @@ mod tests {
     fn names_are_hostname_safe() {
         assert!(validate_name("web-1").is_ok());
         assert!(validate_name("a").is_ok());
-        for bad in ["", "-a", "A", "a b", "a/b", &"x".repeat(64)] {
+        for bad in ["", "-a", "A", "a b", "a/b", &"x".repeat(64), "0123456789ab"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
     }
