@@ -338,3 +338,24 @@ fn restore_needs_only_the_home_directory() {
         .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with("hiber-init-")).collect();
     assert!(layers.is_empty(), "unused layers collected: {layers:?}");
 }
+
+#[test]
+fn a_missing_or_old_criu_is_one_clear_line() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let id = home.detached(&["busybox", "sleep", "1000"]);
+    let old = home.path().join("old-criu");
+    std::fs::write(&old, "#!/bin/sh\necho 'Version: 3.17'\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&old).status().unwrap();
+    for (criu, message) in [("/nonexistent/criu", "CRIU not found"), (old.to_str().unwrap(), "3.17 at")] {
+        let r: common::Run = home.cmd(&["snapshot", &id]).env("HIBER_CRIU", criu).output().unwrap().into();
+        assert_eq!(r.code, 125, "{}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains(message), "{}", r.stderr);
+        let check: common::Run = home.cmd(&["check"]).env("HIBER_CRIU", criu).output().unwrap().into();
+        assert_eq!(check.code, 1, "check fails: {}", check.stdout);
+    }
+    assert_eq!(home.sandbox(&id)["status"]["state"], "running", "nothing happened to the sandbox");
+    assert!(home.snapshots().is_empty());
+}

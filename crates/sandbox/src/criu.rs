@@ -72,13 +72,17 @@ pub struct Criu {
 impl Criu {
     /// Finds CRIU: `$HIBER_CRIU`, then [`INSTALLED`], then `criu` on PATH.
     pub fn locate() -> Result<Criu, CriuError> {
-        let search_path = std::env::var_os("PATH").unwrap_or_default();
-        let mut candidates = std::env::var_os("HIBER_CRIU")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([PathBuf::from(INSTALLED)])
-            .chain(std::env::split_paths(&search_path).map(|d| d.join("criu")));
-        let path = candidates.find(|p| p.is_file()).ok_or(CriuError::Missing)?;
+        let path = match std::env::var_os("HIBER_CRIU") {
+            // Chosen explicitly: that one or none.
+            Some(path) => Some(PathBuf::from(path)).filter(|p| p.is_file()),
+            None => {
+                let search_path = std::env::var_os("PATH").unwrap_or_default();
+                std::iter::once(PathBuf::from(INSTALLED))
+                    .chain(std::env::split_paths(&search_path).map(|d| d.join("criu")))
+                    .find(|p| p.is_file())
+            }
+        };
+        let path = path.ok_or(CriuError::Missing)?;
         ensure_kdat_cache();
         Self::check(&path)
     }
