@@ -234,4 +234,17 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Snapshot, restore and fork-of-10 times and snapshot sizes for an idle busybox, an idle
+    /// Debian and a 100 MB python sandbox, against plain CRIU CLI calls and Podman in the same run.
+    Snapshot {
+        /// Repeat each measurement this many times and report the median.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Do not measure Podman (it is skipped anyway when scripts/setup-bench.sh has not run).
+        #[arg(long)]
+        skip_podman: bool,
+    },
 }

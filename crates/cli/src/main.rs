@@ -4,6 +4,7 @@ mod attach;
 mod cli;
 mod commands;
 mod format;
+mod peers;
 
 use clap::Parser;
 

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use hiber_proto::{InitConfig, INIT_SOCKET, MAIN_LOG};
+use hiber_proto::{InitConfig, INIT_SOCKET, MAIN_LOG, SDK_SOCKET};
 
 /// Environment variable that moves the run directory. Only tests set it, to
 /// run hiber-init as an ordinary process.
@@ -14,6 +14,7 @@ pub const RUNDIR_ENV: &str = "HIBER_INIT_RUNDIR";
 /// The run directory inside a sandbox.
 const RUN_DIR: &str = "/run/hiber";
 const SOCKET_NAME: &str = "init.sock";
+const SDK_SOCKET_NAME: &str = "sdk.sock";
 const MAIN_LOG_NAME: &str = "main.log";
 const INIT_LOG_NAME: &str = "init.log";
 
@@ -24,6 +25,8 @@ pub struct Paths {
     pub run_dir: PathBuf,
     /// The control socket the host connects to.
     pub socket: PathBuf,
+    /// The in-sandbox SDK's socket.
+    pub sdk_socket: PathBuf,
     /// Output of the main process.
     pub main_log: PathBuf,
     /// hiber-init's own diagnostics.
@@ -36,6 +39,7 @@ impl Paths {
         Paths {
             run_dir: PathBuf::from(RUN_DIR),
             socket: PathBuf::from(INIT_SOCKET),
+            sdk_socket: PathBuf::from(SDK_SOCKET),
             main_log: PathBuf::from(MAIN_LOG),
             init_log: Path::new(RUN_DIR).join(INIT_LOG_NAME),
         }
@@ -46,6 +50,7 @@ impl Paths {
         Paths {
             run_dir: dir.to_path_buf(),
             socket: dir.join(SOCKET_NAME),
+            sdk_socket: dir.join(SDK_SOCKET_NAME),
             main_log: dir.join(MAIN_LOG_NAME),
             init_log: dir.join(INIT_LOG_NAME),
         }

@@ -3,6 +3,7 @@
 //! It reaps every process, starts the sandbox's main process (and exits
 //! with its status), and serves the host on a Unix socket: pings, signals,
 //! and execs whose stdio it streams and which survive the host going away.
+//! It also relays the in-sandbox SDK's calls (its own socket) to the host.
 //! Everything runs on one thread with plain fds, so CRIU can checkpoint it
 //! between requests.
 
@@ -14,6 +15,7 @@ mod connections;
 mod diag;
 mod exec;
 mod reaper;
+mod sdk;
 mod server;
 mod shutdown;
 mod spawn;
@@ -97,13 +99,14 @@ async fn supervise(paths: Paths, config: InitConfig) -> i32 {
             return 1;
         }
     };
-    let listener = match server::bind(&paths.socket) {
-        Ok(listener) => listener,
-        Err(e) => {
-            diag!("{e}");
-            return 1;
-        }
-    };
+    let (listener, sdk_listener) =
+        match (server::bind(&paths.socket, 0o600), server::bind(&paths.sdk_socket, 0o666)) {
+            (Ok(listener), Ok(sdk_listener)) => (listener, sdk_listener),
+            (Err(e), _) | (_, Err(e)) => {
+                diag!("{e}");
+                return 1;
+            }
+        };
     let main = match &config.main {
         Some(spec) => match start_main(&table, spec, &paths.main_log) {
             Ok(main) => Some(main),
@@ -112,7 +115,9 @@ async fn supervise(paths: Paths, config: InitConfig) -> i32 {
         None => None,
     };
     spawn_local(reaper.run());
-    spawn_local(server::serve(listener, table.clone()));
+    let sdk = sdk::Sdk::new();
+    spawn_local(sdk::listen(sdk_listener, sdk.clone()));
+    spawn_local(server::serve(listener, table.clone(), sdk));
     diag!("listening on {}", paths.socket.display());
     let signal = match main {
         Some(main) => tokio::select! {

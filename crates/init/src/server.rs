@@ -17,6 +17,7 @@ use crate::attach;
 use crate::connections::{Connection, Connections};
 use crate::diag::diag;
 use crate::exec::Attachment;
+use crate::sdk::{self, Sdk};
 use crate::table::ExecTable;
 use crate::wire::FrameReader;
 
@@ -33,16 +34,17 @@ pub enum ServerError {
     },
 }
 
-/// Listens at `path` (a stale socket there is removed first), with mode 0600.
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+/// Listens at `path` (a stale socket there is removed first), with `mode`
+/// (0600 for the control socket, 0666 for the SDK's).
+pub fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     let err = |source| ServerError::Bind { path: path.to_path_buf(), source };
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(err(e)),
         _ => {}
     }
-    // The socket is created 0600 from the start; hiber-init has one thread,
-    // so the umask change affects nothing else.
-    let saved = umask(Mode::from_bits_truncate(0o177));
+    // The socket is created with its mode from the start; hiber-init has
+    // one thread, so the umask change affects nothing else.
+    let saved = umask(Mode::from_bits_truncate(0o777 & !mode));
     let listener = std::os::unix::net::UnixListener::bind(path);
     umask(saved);
     let listener = listener.map_err(err)?;
@@ -51,13 +53,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Accepts connections forever, each handled by its own task.
-pub async fn serve(listener: UnixListener, table: Rc<RefCell<ExecTable>>) {
+pub async fn serve(listener: UnixListener, table: Rc<RefCell<ExecTable>>, sdk: Rc<Sdk>) {
     let connections = Connections::new();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let registered = connections.register();
-                tokio::task::spawn_local(connection(stream, table.clone(), registered));
+                tokio::task::spawn_local(connection(
+                    stream,
+                    table.clone(),
+                    sdk.clone(),
+                    registered,
+                ));
             }
             Err(e) => {
                 // Out of fds or memory: wait a little rather than spin.
@@ -77,6 +84,8 @@ pub enum Action {
     Attach(Attachment),
     /// Close every other connection, then answer `Done`.
     Detach,
+    /// Become the SDK's relay.
+    Serve,
 }
 
 fn error(message: impl ToString) -> Action {
@@ -96,7 +105,7 @@ pub fn dispatch(frame: &Frame, table: &RefCell<ExecTable>) -> Action {
     match request {
         Request::Ping => Action::Reply(Reply::Pong { version: env!("CARGO_PKG_VERSION").into() }),
         Request::Detach => Action::Detach,
-        Request::Serve => error("this hiber-init does not relay the SDK yet"),
+        Request::Serve => Action::Serve,
         Request::Signal { id, signal } => match table.borrow().signal(&id, signal) {
             Ok(()) => Action::Reply(Reply::Done),
             Err(e) => error(e),
@@ -117,15 +126,28 @@ pub fn dispatch(frame: &Frame, table: &RefCell<ExecTable>) -> Action {
 
 /// Serves one connection until it is done or a `Detach` elsewhere closes
 /// it (dropping the socket).
-async fn connection(stream: UnixStream, table: Rc<RefCell<ExecTable>>, registered: Connection) {
+async fn connection(
+    stream: UnixStream,
+    table: Rc<RefCell<ExecTable>>,
+    sdk: Rc<Sdk>,
+    registered: Connection,
+) {
+    // Biased: a relay watches for the Detach itself, to take in the answers
+    // already sent before it closes.
     tokio::select! {
-        () = request(stream, &table, &registered) => {}
+        biased;
+        () = request(stream, &table, &sdk, &registered) => {}
         () = registered.detached() => {}
     }
 }
 
 /// Reads the connection's request and carries it out.
-async fn request(stream: UnixStream, table: &RefCell<ExecTable>, registered: &Connection) {
+async fn request(
+    stream: UnixStream,
+    table: &RefCell<ExecTable>,
+    sdk: &Sdk,
+    registered: &Connection,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = FrameReader::new(read);
     let action = match reader.next().await {
@@ -136,6 +158,7 @@ async fn request(stream: UnixStream, table: &RefCell<ExecTable>, registered: &Co
     let reply = match action {
         Action::Reply(reply) => reply,
         Action::Attach(attachment) => return attach::stream(attachment, reader, write).await,
+        Action::Serve => return sdk::relay(sdk, reader, write, registered).await,
         Action::Detach => {
             registered.detach_others().await;
             Reply::Done
@@ -178,8 +201,9 @@ mod tests {
     }
 
     #[test]
-    fn detach_is_its_own_action() {
+    fn detach_and_serve_are_their_own_actions() {
         assert!(matches!(dispatch(&Frame::control(&Request::Detach), &table()), Action::Detach));
+        assert!(matches!(dispatch(&Frame::control(&Request::Serve), &table()), Action::Serve));
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! Frames over an async stream.
 
+use std::io;
+use std::os::fd::AsRawFd;
+
 use hiber_proto::{decode, Frame, FrameError};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::net::UnixStream;
 
 /// How much to read at once.
 const READ_SIZE: usize = 64 * 1024;
@@ -38,6 +43,46 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     true => Ok(None),
                     false => Err(FrameError::Truncated),
                 };
+            }
+        }
+    }
+}
+
+impl FrameReader<OwnedReadHalf> {
+    /// The next frame that is already here, without waiting: one decoded
+    /// from what was read before, or from bytes the socket holds now.
+    /// `Ok(None)` when no whole frame is there (or the stream ended).
+    pub fn next_ready(&mut self) -> Result<Option<Frame>, FrameError> {
+        loop {
+            if let Some((frame, used)) = decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(Some(frame));
+            }
+            let mut chunk = [0u8; 4096];
+            let stream: &UnixStream = self.inner.as_ref();
+            // A direct non-blocking read: the event loop's readiness may not
+            // know yet about bytes the peer just sent.
+            // SAFETY: recv writes at most `chunk.len()` bytes into `chunk`, a
+            // live local; the fd is the stream's, open while we borrow it.
+            let n = unsafe {
+                libc::recv(
+                    stream.as_raw_fd(),
+                    chunk.as_mut_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            match n {
+                0 => return Ok(None),
+                n if n > 0 => self.buf.extend_from_slice(&chunk[..n as usize]),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock => Ok(None),
+                        io::ErrorKind::Interrupted => continue,
+                        _ => Err(e.into()),
+                    };
+                }
             }
         }
     }

@@ -601,3 +601,213 @@ fn stale_socket_is_replaced() {
     let init = Init::start_in(dir, None);
     assert!(matches!(init.ask(&Request::Ping), Reply::Pong { .. }));
 }
+
+// ---- The in-sandbox SDK relay ----
+
+/// A connection to the SDK socket, like the agent's SDK makes.
+struct Caller {
+    conn: UnixStream,
+    reader: std::io::BufReader<UnixStream>,
+}
+
+impl Caller {
+    fn connect(init: &Init) -> Caller {
+        let conn = UnixStream::connect(init.path("sdk.sock")).unwrap();
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        Caller { conn, reader }
+    }
+
+    /// Connects and sends `line` (a newline is added).
+    fn call(init: &Init, line: &str) -> Caller {
+        let mut caller = Caller::connect(init);
+        caller.send(line);
+        caller
+    }
+
+    fn send(&mut self, line: &str) {
+        std::io::Write::write_all(&mut self.conn, format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// The next answer line, parsed.
+    fn answer(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.reader, &mut line).unwrap();
+        assert!(line.ends_with('\n'), "an answer is one line: {line:?}");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Asserts nothing arrives for a little while.
+    fn nothing_yet(&mut self) {
+        self.conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut byte = [0u8];
+        let r = std::io::Read::read(&mut self.conn, &mut byte);
+        assert!(r.is_err(), "expected no answer yet, got {r:?}");
+        self.conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    }
+}
+
+/// The next `Call` a relay receives.
+fn next_call(serve: &mut UnixStream) -> (u64, serde_json::Value) {
+    match read_frame(serve).unwrap().map(control) {
+        Some(Reply::Call { call, request }) => (call, request),
+        other => panic!("expected a call, got {other:?}"),
+    }
+}
+
+fn answer(serve: &mut UnixStream, call: u64, response: serde_json::Value) {
+    write_frame(serve, &Frame::control(&hiber_proto::Answer { call, response })).unwrap();
+}
+
+fn no_frame_yet(serve: &mut UnixStream) {
+    serve.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let r = read_frame(serve);
+    assert!(matches!(r, Err(hiber_proto::FrameError::Io(_))), "expected nothing, got {r:?}");
+    serve.set_read_timeout(Some(TIMEOUT)).unwrap();
+}
+
+#[test]
+fn sdk_call_waits_for_a_relay_and_gets_its_answer() {
+    let init = Init::start(None);
+    let mode = fs::metadata(init.path("sdk.sock")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o666);
+    let mut caller = Caller::call(&init, r#"{"op":"next_message"}"#);
+    caller.nothing_yet();
+    let mut serve = init.send(&Request::Serve);
+    let (call, request) = next_call(&mut serve);
+    assert_eq!(request, serde_json::json!({"op": "next_message"}));
+    let response = serde_json::json!({"ok": true, "result": {"seq": 1, "content": "hi\nthere"}});
+    answer(&mut serve, call, response.clone());
+    assert_eq!(caller.answer(), response);
+    // A later call on the same relay gets the next number.
+    let mut caller = Caller::call(&init, r#"{"op":"session_id"}"#);
+    let (next, _) = next_call(&mut serve);
+    assert_eq!(next, call + 1);
+    answer(&mut serve, next, serde_json::json!({"ok": true, "result": "s1"}));
+    assert_eq!(caller.answer()["result"], "s1");
+}
+
+#[test]
+fn unanswered_calls_go_again_to_the_next_relay_and_each_caller_gets_its_own() {
+    let init = Init::start(None);
+    let mut serve = init.send(&Request::Serve);
+    let mut a = Caller::call(&init, r#"{"op":"a"}"#);
+    let (call_a, _) = next_call(&mut serve);
+    let mut b = Caller::call(&init, r#"{"op":"b"}"#);
+    let (call_b, _) = next_call(&mut serve);
+    drop(serve);
+    // Pending calls stay while no relay is attached...
+    let c = Caller::call(&init, r#"{"op":"c"}"#);
+    sleep(Duration::from_millis(100));
+    // ...and go to the next one, in call order, with the same numbers.
+    let mut serve = init.send(&Request::Serve);
+    assert_eq!(next_call(&mut serve), (call_a, serde_json::json!({"op": "a"})));
+    assert_eq!(next_call(&mut serve), (call_b, serde_json::json!({"op": "b"})));
+    let (call_c, _) = next_call(&mut serve);
+    assert_eq!(call_c, call_b + 1);
+    // A newer relay replaces this one (which is closed).
+    let mut newer = init.send(&Request::Serve);
+    assert_eq!(read_frame(&mut serve).unwrap(), None, "the replaced relay is closed");
+    assert_eq!(next_call(&mut newer).0, call_a);
+    assert_eq!(next_call(&mut newer).0, call_b);
+    assert_eq!(next_call(&mut newer).0, call_c);
+    // A caller that left gives up its call: it is not sent again, and
+    // answering it changes nothing.
+    drop(c);
+    sleep(Duration::from_millis(100));
+    drop(newer);
+    let mut newer = init.send(&Request::Serve);
+    assert_eq!(next_call(&mut newer).0, call_a);
+    assert_eq!(next_call(&mut newer).0, call_b);
+    no_frame_yet(&mut newer);
+    answer(&mut newer, call_c, serde_json::json!({"ok": true, "result": "c"}));
+    // Answers in any order reach their own callers; unknown calls are ignored.
+    answer(&mut newer, 12345, serde_json::json!({"ok": true}));
+    answer(&mut newer, call_b, serde_json::json!({"ok": true, "result": "b"}));
+    answer(&mut newer, call_a, serde_json::json!({"ok": true, "result": "a"}));
+    assert_eq!(b.answer()["result"], "b");
+    assert_eq!(a.answer()["result"], "a");
+    // Nothing is left to send to a later relay.
+    drop(newer);
+    let mut last = init.send(&Request::Serve);
+    no_frame_yet(&mut last);
+}
+
+#[test]
+fn detach_closes_the_relay_and_calls_stay_pending() {
+    let init = Init::start(None);
+    let mut serve = init.send(&Request::Serve);
+    let mut caller = Caller::call(&init, r#"{"op":"sleep","seconds":5}"#);
+    let (call, _) = next_call(&mut serve);
+    let mut detach = init.send(&Request::Detach);
+    assert_eq!(read_frame(&mut detach).unwrap().map(control), Some(Reply::Done));
+    serve.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+    assert_eq!(read_frame(&mut serve).unwrap(), None, "closed by the time Done arrives");
+    // The SDK's connection is inside the sandbox: it is not detached.
+    caller.nothing_yet();
+    let mut serve = init.send(&Request::Serve);
+    assert_eq!(next_call(&mut serve).0, call);
+    answer(&mut serve, call, serde_json::json!({"ok": true, "result": null}));
+    assert_eq!(caller.answer(), serde_json::json!({"ok": true, "result": null}));
+}
+
+#[test]
+fn malformed_sdk_lines_get_an_error_without_a_relay() {
+    let init = Init::start(None);
+    let mut caller = Caller::connect(&init);
+    for line in ["{not json", "[1,2]", "\"op\"", "{\"op\":\"a\"} trailing"] {
+        caller.send(line);
+        let error = caller.answer();
+        assert_eq!(error["ok"], false, "{line}: {error}");
+        assert!(error["error"].as_str().unwrap().starts_with("bad call"), "{error}");
+    }
+    // The connection still works, and nothing reached the relay but the
+    // good call.
+    caller.send(r#"{"op":"ok"}"#);
+    let mut serve = init.send(&Request::Serve);
+    let (call, request) = next_call(&mut serve);
+    assert_eq!((call, request), (1, serde_json::json!({"op": "ok"})));
+    no_frame_yet(&mut serve);
+    answer(&mut serve, call, serde_json::json!({"ok": true, "result": 1}));
+    assert_eq!(caller.answer()["result"], 1);
+}
+
+#[test]
+fn a_relay_that_sends_garbage_gets_an_error() {
+    let init = Init::start(None);
+    let mut serve = init.send(&Request::Serve);
+    write_frame(&mut serve, &Frame::Control(br#"{"call":"x"}"#.to_vec())).unwrap();
+    assert!(matches!(
+        read_frame(&mut serve).unwrap().map(control),
+        Some(Reply::Error { message }) if message.contains("bad answer")
+    ));
+    assert_eq!(read_frame(&mut serve).unwrap(), None);
+    let mut serve = init.send(&Request::Serve);
+    write_frame(&mut serve, &Frame::Stdin(b"x".to_vec())).unwrap();
+    assert!(matches!(read_frame(&mut serve).unwrap().map(control), Some(Reply::Error { .. })));
+    assert!(matches!(init.ask(&Request::Ping), Reply::Pong { .. }));
+}
+
+#[test]
+fn answers_sent_before_a_detach_are_delivered() {
+    let init = Init::start(None);
+    for round in 0..50 {
+        let mut serve = init.send(&Request::Serve);
+        let mut caller =
+            Caller::call(&init, &format!(r#"{{"op":"next_message","round":{round}}}"#));
+        let (call, _) = next_call(&mut serve);
+        // The Detach's connection is open already, so that the answer and
+        // the Detach arrive together.
+        let mut detach = UnixStream::connect(init.socket()).unwrap();
+        detach.set_read_timeout(Some(TIMEOUT)).unwrap();
+        sleep(Duration::from_millis(5));
+        answer(&mut serve, call, serde_json::json!({"ok": true, "result": round}));
+        write_frame(&mut detach, &Frame::control(&Request::Detach)).unwrap();
+        assert_eq!(read_frame(&mut detach).unwrap().map(control), Some(Reply::Done));
+        assert_eq!(caller.answer()["result"], round, "round {round}");
+        assert_eq!(read_frame(&mut serve).unwrap(), None);
+    }
+    // Nothing was left pending.
+    let mut serve = init.send(&Request::Serve);
+    no_frame_yet(&mut serve);
+}

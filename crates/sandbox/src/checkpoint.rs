@@ -167,7 +167,7 @@ impl ContainerBackend {
     pub(crate) fn restore_snapshot(&self, snapshot: &str, name: Option<&str>) -> Result<SandboxInfo, SandboxError> {
         let criu = Criu::locate()?;
         self.recover_snapshots();
-        let manifest = self.snapshots().verified(snapshot, &self.layers_dir())?;
+        let manifest = self.snapshots().verified(snapshot, self.layers_dir())?;
         let id = crate::container::new_id();
         let record = SandboxRecord {
             hostname: name.map(str::to_string).unwrap_or_else(|| id.clone()),

@@ -264,10 +264,10 @@ impl ContainerBackend {
             Err(e) => {
                 last = e.to_string();
                 // Give up at once when init is gone.
-                !Status::of(record, &dir).is_running()
+                !Status::of(record, dir).is_running()
             }
         });
-        let alive = Status::of(record, &dir).is_running();
+        let alive = Status::of(record, dir).is_running();
         if ready && alive {
             return Ok(());
         }

@@ -1,7 +1,8 @@
 //! hiber's own read-only layer, the top of every sandbox's layer stack:
-//! hiber-init at [`hiber_proto::INIT_PATH`], the device nodes of a minimal
-//! `/dev`, and the mount points the sandbox needs. Named after a hash of the
-//! hiber-init binary, made once and never changed, so snapshots can rely on it.
+//! hiber-init at [`hiber_proto::INIT_PATH`], the in-sandbox Python SDK at
+//! [`SDK_PATH`], the device nodes of a minimal `/dev`, and the mount points
+//! the sandbox needs. Named after a hash of the hiber-init binary and the
+//! SDK, made once and never changed, so snapshots can rely on it.
 
 use std::fs;
 use std::io;
@@ -39,8 +40,15 @@ const DEV_LINKS: [(&str, &str); 5] = [
     ("stderr", "/proc/self/fd/2"),
 ];
 
+/// Where the in-sandbox SDK (`import hiber`) goes: a directory on Debian's
+/// python3 `sys.path`.
+pub const SDK_PATH: &str = "/usr/lib/python3/dist-packages/hiber.py";
+
+/// The in-sandbox SDK's source.
+const SDK_MODULE: &str = include_str!("../../../sdk/agent/hiber.py");
+
 /// Directories and their modes.
-const DIRS: [(&str, u32); 9] = [
+const DIRS: [(&str, u32); 13] = [
     (".hiber", 0o755),
     ("dev", 0o755),
     ("dev/pts", 0o755),
@@ -50,6 +58,10 @@ const DIRS: [(&str, u32); 9] = [
     ("run", 0o755),
     ("run/hiber", 0o755),
     ("tmp", 0o1777),
+    ("usr", 0o755),
+    ("usr/lib", 0o755),
+    ("usr/lib/python3", 0o755),
+    ("usr/lib/python3/dist-packages", 0o755),
 ];
 
 /// Finds the hiber-init binary: `$HIBER_INIT`, else next to the running
@@ -69,21 +81,22 @@ pub fn locate_binary() -> Result<PathBuf, InitLayerError> {
         .ok_or_else(|| InitLayerError::MissingBinary(candidates[0].clone()))
 }
 
-/// Returns the layer for `binary` under `layers_dir`, making it if needed.
+/// Returns the layer for `binary` (and this build's SDK) under `layers_dir`,
+/// making it if needed.
 pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerError> {
     let io_err = |path: &Path| {
         let path = path.to_owned();
         move |source| InitLayerError::Io { path, source }
     };
     let bytes = fs::read(binary).map_err(|_| InitLayerError::MissingBinary(binary.to_owned()))?;
-    let hash = blake3::hash(&bytes).to_hex();
+    let hash = layer_hash(&bytes, SDK_MODULE.as_bytes());
     let layer = layers_dir.join(format!("hiber-init-{}", &hash[..16]));
     if layer.is_dir() {
         return Ok(layer);
     }
     fs::create_dir_all(layers_dir).map_err(io_err(layers_dir))?;
     let staging = layers_dir.join(format!(".init-staging-{}", rand::random::<u64>()));
-    let result = build(&staging, &bytes).map_err(io_err(&staging));
+    let result = build(&staging, &bytes, SDK_MODULE.as_bytes()).map_err(io_err(&staging));
     let result = result.and_then(|()| match fs::rename(&staging, &layer) {
         // Another process made the same layer first: theirs is identical.
         Err(_) if layer.is_dir() => Ok(()),
@@ -93,7 +106,18 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
     result.map(|()| layer)
 }
 
-fn build(root: &Path, init: &[u8]) -> io::Result<()> {
+/// The layer's content hash: hiber-init's bytes, then the SDK's, each
+/// preceded by its length so no two pairs hash alike.
+fn layer_hash(init: &[u8], sdk: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for part in [init, sdk] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().to_hex().to_string()
+}
+
+fn build(root: &Path, init: &[u8], sdk: &[u8]) -> io::Result<()> {
     fs::create_dir(root)?;
     for (dir, mode) in DIRS {
         let path = root.join(dir);
@@ -103,6 +127,9 @@ fn build(root: &Path, init: &[u8]) -> io::Result<()> {
     let init_path = root.join(hiber_proto::INIT_PATH.trim_start_matches('/'));
     fs::write(&init_path, init)?;
     fs::set_permissions(&init_path, fs::Permissions::from_mode(0o755))?;
+    let sdk_path = root.join(SDK_PATH.trim_start_matches('/'));
+    fs::write(&sdk_path, sdk)?;
+    fs::set_permissions(&sdk_path, fs::Permissions::from_mode(0o644))?;
     for (name, major, minor) in DEVICES {
         let path = root.join("dev").join(name);
         mknod(&path, SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(major, minor))?;
@@ -121,6 +148,14 @@ mod tests {
     use std::os::unix::fs::FileTypeExt;
 
     #[test]
+    fn the_sdk_is_part_of_the_layers_name() {
+        let init = b"init";
+        assert_ne!(layer_hash(init, b"sdk v1"), layer_hash(init, b"sdk v2"));
+        assert_ne!(layer_hash(b"ab", b"c"), layer_hash(b"a", b"bc"));
+        assert_eq!(layer_hash(init, b"sdk"), layer_hash(init, b"sdk"));
+    }
+
+    #[test]
     fn layer_is_named_by_content_and_made_once() {
         if !nix::unistd::Uid::effective().is_root() {
             eprintln!("SKIP: mknod of device nodes needs root");
@@ -133,6 +168,12 @@ mod tests {
         let layer = ensure(&dir.path().join("layers"), &bin).unwrap();
         assert!(layer.file_name().unwrap().to_str().unwrap().starts_with("hiber-init-"));
         assert_eq!(fs::read(layer.join(".hiber/init")).unwrap(), b"#!fake init");
+        let sdk = layer.join(SDK_PATH.trim_start_matches('/'));
+        assert_eq!(fs::read_to_string(&sdk).unwrap(), SDK_MODULE);
+        assert!(SDK_MODULE.contains("def next_message("));
+        assert_eq!(fs::metadata(&sdk).unwrap().permissions().mode() & 0o777, 0o644);
+        let lib = fs::metadata(layer.join("usr/lib")).unwrap();
+        assert_eq!(lib.permissions().mode() & 0o7777, 0o755);
         let null = fs::metadata(layer.join("dev/null")).unwrap();
         assert!(null.file_type().is_char_device());
         assert_eq!(null.permissions().mode() & 0o777, 0o666);

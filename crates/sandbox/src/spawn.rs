@@ -321,10 +321,11 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
     result.err().unwrap_or_default()
 }
 
-/// Brings up the loopback interface of the current network namespace.
-fn loopback_up() -> io::Result<()> {
-    // SAFETY: a plain socket for interface ioctls; ifreq is a C struct for
-    // which all-zero is valid; both ioctls read/write only `req`.
+/// Brings up the loopback interface of the calling thread's network
+/// namespace (a no-op when it is up already).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket for interface ioctls, owned by `fd`; ifreq is a
+    // C struct for which all-zero is valid; both ioctls read/write only `req`.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
@@ -337,9 +338,12 @@ fn loopback_up() -> io::Result<()> {
         if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
             return Err(io::Error::last_os_error());
         }
-        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-            return Err(io::Error::last_os_error());
+        let up = libc::IFF_UP as libc::c_short;
+        if req.ifr_ifru.ifru_flags & up == 0 {
+            req.ifr_ifru.ifru_flags |= up;
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     Ok(())

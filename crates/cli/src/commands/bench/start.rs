@@ -1,23 +1,17 @@
-//! `hiber bench`: measurements that print numbers.
+//! `hiber bench start`: sandbox starts per second.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use hiber_image::{Image, ImageStore};
+use hiber_image::ImageStore;
 use hiber_proto::ProcessSpec;
 use hiber_sandbox::{Backend, ContainerBackend, InitConnection, Limits, SandboxSpec};
 use serde::Serialize;
 
-use super::backend;
-use super::images::Progress;
-use crate::cli::BenchCommand;
-
-pub fn bench(home: &Path, command: BenchCommand) -> Result<i32> {
-    match command {
-        BenchCommand::Start { runs, rounds, json } => start(home, runs.max(1), rounds.max(1), json),
-    }
-}
+use super::ensure_image;
+use crate::commands::backend;
+use crate::peers::{median, percentile};
 
 /// One line of `bench start`.
 #[derive(Debug, Serialize)]
@@ -32,20 +26,6 @@ struct StartResult {
     latency_ms_p95: f64,
 }
 
-fn ensure_image(store: &ImageStore, name: &str) -> Result<Image> {
-    if let Ok(image) = store.get(name) {
-        return Ok(image);
-    }
-    let mut progress = Progress::new();
-    eprintln!("bench: building the {name} image first");
-    let image = match name {
-        "busybox" => store.build_busybox(&mut |l| progress.line(l))?,
-        _ => store.build_debian(&mut |l| progress.line(l))?,
-    };
-    progress.finish();
-    Ok(image)
-}
-
 /// Create a sandbox, run `true` in it, remove it; returns how long it took.
 fn one_start(backend: &ContainerBackend, spec: &SandboxSpec) -> Result<Duration> {
     let started = Instant::now();
@@ -58,11 +38,7 @@ fn one_start(backend: &ContainerBackend, spec: &SandboxSpec) -> Result<Duration>
     Ok(started.elapsed())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32> {
+pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32> {
     let store = ImageStore::open(home)?;
     let backend = backend(home)?;
     let mut results = Vec::new();
@@ -97,13 +73,11 @@ fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32> {
                 }
                 rates.push(runs as f64 / elapsed);
             }
-            rates.sort_by(f64::total_cmp);
-            latencies.sort_by(f64::total_cmp);
             let result = StartResult {
                 image: name.into(),
                 workers,
-                starts_per_sec: percentile(&rates, 0.5),
-                latency_ms_p50: percentile(&latencies, 0.5),
+                starts_per_sec: median(&rates),
+                latency_ms_p50: median(&latencies),
                 latency_ms_p95: percentile(&latencies, 0.95),
             };
             if !json {

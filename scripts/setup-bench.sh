@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Set-up for hiber's peer benchmarks (`hiber bench snapshot`): idempotent and cached.
+# Run as root on Debian bookworm, after (or instead of) scripts/setup.sh, which it runs first.
+#
+#   scripts/setup-bench.sh           install / configure whatever is missing
+#   scripts/setup-bench.sh --check   only report what is missing; exit 1 if anything is
+#   scripts/setup-bench.sh --help
+#
+# What it provides:
+#   * Podman 4.3.1 and runc from bookworm (apt-get install --no-install-recommends; never an
+#     upgrade of an installed package, not even the siblings apt would upgrade "by source").
+#   * A private Podman set-up under /opt/hiber/podman, so the host's own Podman configuration
+#     and state are neither read nor touched:
+#       podman            wrapper: runs /usr/bin/podman with the private configuration below
+#       containers.conf   runc, cgroupfs, file events, ulimits root can set here, private tmp dir,
+#                         and conmon's PATH (conmon runs `runc restore`, which runs `criu`)
+#       storage.conf      storage under /var/lib/hiber-bench/podman, run state on a tmpfs
+#       bin/criu          symlink to hiber's CRIU (/opt/hiber/bin/criu, from scripts/setup.sh);
+#                         the wrapper and conmon put this directory first on PATH, which is how
+#                         both Podman (its version check) and runc (checkpoint/restore) find it
+#   * A tmpfs on /run/hiber-bench (Podman's run state must not outlive a reboot, and /run is not
+#     a tmpfs on our machines), mounted again after every reboot by this script.
+#
+# Why these settings (see ../shared/PLATFORM.md): crun refuses hybrid cgroups, so runc; there is no
+# systemd, so cgroupfs and file events; root lacks CAP_SYS_RESOURCE, so ulimits at or below the
+# hard limits.
+set -euo pipefail
+set -E
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CRIU_BIN=/opt/hiber/bin/criu
+DIR=/opt/hiber/podman
+STATE=/var/lib/hiber-bench/podman
+RUN=/run/hiber-bench
+RUN_MARK=$RUN/.tmpfs # exists only on the mounted tmpfs
+CACHE=/var/cache/hiber/setup-bench
+PKGS=(podman runc)
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+# Wait for other apt/dpkg runs; never upgrade an installed package because a sibling from the
+# same source package is installed (podman's libsubid4 would otherwise upgrade login and passwd).
+APT_OPTS=(-q -o DPkg::Lock::Timeout=300 -o APT::Get::Upgrade-By-Source-Package=false)
+
+log() { printf 'setup-bench: %s\n' "$*" >&2; }
+die() {
+	printf 'setup-bench: error: %s\n' "$*" >&2
+	exit 1
+}
+trap 'if ((BASH_SUBSHELL)); then exit 1; else die "unexpected failure (line $LINENO): $BASH_COMMAND"; fi' ERR
+
+usage() {
+	cat <<'EOF'
+usage: scripts/setup-bench.sh [--check | --help]
+
+Idempotent set-up for hiber's peer benchmarks (Debian bookworm, run as root):
+  - runs scripts/setup.sh (CRIU >= 4.2 at /opt/hiber/bin/criu, base packages);
+  - installs podman and runc with apt-get (never upgrading installed packages);
+  - writes a private Podman configuration and wrapper to /opt/hiber/podman
+    (storage in /var/lib/hiber-bench/podman, run state on a tmpfs at /run/hiber-bench),
+    with `criu` on Podman's and conmon's PATH pointing at /opt/hiber/bin/criu.
+A second run changes nothing and needs no network.
+Use Podman through the wrapper: /opt/hiber/podman/podman ps -a
+
+  --check   report what is missing, exit 1 if anything is (changes nothing)
+  --help    show this text
+EOF
+}
+
+# ---------------------------------------------------------------- packages
+
+# Print those of the given packages that are not installed.
+missing_pkgs() {
+	local have p
+	have=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null |
+		awk '$2 == "installed" { print $1 }' || true)
+	for p in "$@"; do
+		grep -qxF -- "$p" <<<"$have" || printf '%s\n' "$p"
+	done
+}
+
+# apt_install PKG...: install those not yet installed; refuse to upgrade or remove anything.
+apt_install() {
+	local -a need
+	mapfile -t need < <(missing_pkgs "$@")
+	((${#need[@]})) || return 0
+	local sim changes out
+	if ! sim=$(apt-get "${APT_OPTS[@]}" install -s -y --no-install-recommends "${need[@]}" 2>&1); then
+		log "apt-get update ..."
+		apt-get "${APT_OPTS[@]}" update >/dev/null 2>&1 || log "warning: apt-get update failed"
+		sim=$(apt-get "${APT_OPTS[@]}" install -s -y --no-install-recommends "${need[@]}" 2>&1) || {
+			printf '%s\n' "$sim" | tail -n 10 >&2
+			die "apt-get cannot install: ${need[*]}"
+		}
+	fi
+	# "Inst pkg [old-version] (...)" is an upgrade; "Remv pkg" a removal.
+	changes=$(awk '/^Inst [^ ]+ \[/ || /^Remv / { printf "%s ", $2 }' <<<"$sim")
+	[[ -z $changes ]] ||
+		die "installing ${need[*]} would upgrade or remove installed host packages (${changes% }); refusing"
+	log "installing ${need[*]} ..."
+	out=$(apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" 2>&1) || {
+		printf '%s\n' "$out" | tail -n 20 >&2
+		die "apt-get install failed: ${need[*]}"
+	}
+}
+
+# ---------------------------------------------------------------- configuration files
+
+# The files this script owns under $DIR, one function each, printing the wanted content.
+
+containers_conf() {
+	cat <<EOF
+# Written by hiber's scripts/setup-bench.sh: Podman configuration for peer benchmarks only.
+# Read instead of the host's containers.conf files (CONTAINERS_CONF, set by $DIR/podman).
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+log_driver = "k8s-file"
+# No bridge: it would add interfaces and iptables rules to the host (and cost time).
+netns = "none"
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+tmp_dir = "$RUN/podman/libpod"
+conmon_env_vars = ["PATH=$DIR/bin:$PATH"]
+
+[network]
+network_config_dir = "$STATE/networks"
+EOF
+}
+
+storage_conf() {
+	cat <<EOF
+# Written by hiber's scripts/setup-bench.sh: Podman storage for peer benchmarks only.
+[storage]
+driver = "overlay"
+graphroot = "$STATE/storage"
+runroot = "$RUN/podman/storage"
+EOF
+}
+
+wrapper() {
+	cat <<EOF
+#!/bin/sh
+# Written by hiber's scripts/setup-bench.sh: Podman with hiber's private benchmark set-up
+# (configuration in $DIR, storage in $STATE, \`criu\` = $CRIU_BIN).
+if [ ! -e $RUN_MARK ]; then
+	echo "podman (hiber bench): $RUN is not mounted; run scripts/setup-bench.sh as root" >&2
+	exit 125
+fi
+export CONTAINERS_CONF=$DIR/containers.conf
+export CONTAINERS_STORAGE_CONF=$DIR/storage.conf
+export PATH=$DIR/bin:$PATH
+exec /usr/bin/podman "\$@"
+EOF
+}
+
+# put_file PATH MODE GENERATOR: (re)write PATH only when its content or mode differs.
+# Prints the path when it changed (or would change, with --check).
+put_file() {
+	local path=$1 mode=$2 gen=$3 want
+	want=$("$gen")
+	if [[ -f $path && ! -L $path && $(<"$path") == "$want" && $(stat -c %a "$path") == "$mode" ]]; then
+		return 0
+	fi
+	printf '%s\n' "$path"
+	((CHECK)) && return 0
+	printf '%s\n' "$want" >"$path.new"
+	chmod "$mode" "$path.new"
+	mv -f "$path.new" "$path"
+}
+
+# put_link PATH TARGET: like put_file, for a symlink.
+put_link() {
+	[[ -L $1 && $(readlink "$1") == "$2" ]] && return 0
+	printf '%s\n' "$1"
+	((CHECK)) && return 0
+	ln -sfn "$2" "$1.new"
+	mv -Tf "$1.new" "$1"
+}
+
+# Print every file under $DIR that is missing or out of date (and fix it unless CHECK=1).
+sync_files() {
+	((CHECK)) || mkdir -p "$DIR/bin"
+	put_link "$DIR/bin/criu" "$CRIU_BIN"
+	put_file "$DIR/containers.conf" 644 containers_conf
+	put_file "$DIR/storage.conf" 644 storage_conf
+	put_file "$DIR/podman" 755 wrapper
+}
+
+# ---------------------------------------------------------------- run-state tmpfs
+
+run_ok() { [[ -e $RUN_MARK && $(stat -f -c %T "$RUN") == tmpfs ]]; }
+
+ensure_run_tmpfs() {
+	run_ok && return 0
+	mkdir -p "$RUN"
+	if [[ $(stat -f -c %T "$RUN") != tmpfs ]]; then
+		# Left-overs of a run state that outlived a reboot must not be mistaken for live state.
+		find "$RUN" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+		log "mounting a tmpfs on $RUN (Podman's run state) ..."
+		mount -t tmpfs -o mode=0700,size=64m,nosuid,nodev hiber-bench "$RUN" ||
+			die "cannot mount a tmpfs on $RUN"
+	fi
+	touch "$RUN_MARK"
+}
+
+# ---------------------------------------------------------------- modes
+
+CHECK=0
+
+check_only() {
+	CHECK=1
+	local -a miss files
+	local p f n=0
+	mapfile -t miss < <(missing_pkgs "${PKGS[@]}")
+	for p in "${miss[@]}"; do
+		log "missing: package $p"
+		n=$((n + 1))
+	done
+	[[ -x $CRIU_BIN ]] || {
+		log "missing: $CRIU_BIN (scripts/setup.sh builds it)"
+		n=$((n + 1))
+	}
+	mapfile -t files < <(sync_files)
+	for f in "${files[@]}"; do
+		log "missing or out of date: $f"
+		n=$((n + 1))
+	done
+	run_ok || {
+		log "missing: tmpfs on $RUN (Podman's run state)"
+		n=$((n + 1))
+	}
+	if ((n)); then
+		log "$n thing(s) missing; run scripts/setup-bench.sh as root"
+		exit 1
+	fi
+	log "everything present (podman wrapper: $DIR/podman)"
+}
+
+main() {
+	case ${1:-} in
+	-h | --help)
+		usage
+		return 0
+		;;
+	--check)
+		check_only
+		return 0
+		;;
+	'') ;;
+	*)
+		usage >&2
+		die "unknown argument: $1"
+		;;
+	esac
+	((EUID == 0)) || die "must run as root"
+	command -v dpkg-query >/dev/null || die "not a Debian system (no dpkg-query)"
+	"$HERE/setup.sh" || die "scripts/setup.sh failed"
+
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/.lock"
+	flock 9 || die "cannot lock $CACHE/.lock"
+
+	apt_install "${PKGS[@]}"
+	ensure_run_tmpfs
+	mkdir -p "$STATE"
+	local -a changed
+	mapfile -t changed < <(sync_files)
+	if ((${#changed[@]})); then
+		log "wrote ${changed[*]}"
+		local out
+		out=$("$DIR/podman" info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}} {{.Store.GraphRoot}}' 2>&1) ||
+			die "podman does not work with the new configuration: $out"
+		log "podman ready: $out"
+	fi
+	log "podman $(/usr/bin/podman --version | awk '{ print $3 }') with runc and criu $("$CRIU_BIN" --version | awk '$1 == "Version:" { print $2; exit }'); use $DIR/podman"
+}
+
+main "$@"
