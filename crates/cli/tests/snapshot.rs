@@ -18,9 +18,18 @@ macro_rules! require {
 /// A busybox shell counting in memory and writing each value to /tmp/count.
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done";
 
+/// The counter's last value; the shell rewrites the file, so a read may
+/// catch it empty: read again then.
 fn count(home: &Home, id: &str) -> u64 {
-    let out = home.ok(&["exec", id, "cat", "/tmp/count"]);
-    out.trim().parse().unwrap_or_else(|_| panic!("count: {out:?}"))
+    let mut last = String::new();
+    for _ in 0..50 {
+        last = home.ok(&["exec", id, "cat", "/tmp/count"]);
+        if let Ok(n) = last.trim().parse() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("count: {last:?}")
 }
 
 /// A python server in the sandbox: a counter and a random value kept in

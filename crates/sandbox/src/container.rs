@@ -291,6 +291,9 @@ impl ContainerBackend {
         let _ = self.cgroup(&record.id).destroy();
         wait_until(Duration::from_secs(10), || !Status::of(record, &dir).is_running());
         reap_if_child(record.shim_pid);
+        // The shim records the exit after init is gone: let it finish before
+        // anything removes the directory it writes into.
+        wait_until(Duration::from_secs(10), || !state::is_shim(record.shim_pid));
     }
 
     fn teardown(&self, record: &SandboxRecord) -> Result<(), SandboxError> {

@@ -139,6 +139,13 @@ pub fn process_start(pid: i32) -> Option<u64> {
     fields.get(19)?.parse().ok()
 }
 
+/// Whether `pid` is a live hiber shim (its name guards against pid reuse).
+pub fn is_shim(pid: i32) -> bool {
+    pid > 0
+        && process_start(pid).is_some()
+        && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == "hiber-shim")
+}
+
 /// Parent pid of `pid`, if it exists.
 pub fn parent_pid(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
