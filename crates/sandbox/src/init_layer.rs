@@ -81,6 +81,24 @@ pub fn locate_binary() -> Result<PathBuf, InitLayerError> {
         .ok_or_else(|| InitLayerError::MissingBinary(candidates[0].clone()))
 }
 
+/// Who `binary` is on disk (device, inode, size, modification time) and
+/// which SDK goes with it: while that stays the same, its layer's name (a
+/// content hash) is read from a cache instead of hashing megabytes again.
+fn identity(binary: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(binary).ok()?;
+    let sdk = blake3::hash(SDK_MODULE.as_bytes()).to_hex();
+    Some(format!("{} {} {} {}.{} {}", m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), &sdk[..16]))
+}
+
+/// The layer name cached for `identity`, if the cache holds it.
+fn cached(cache: &Path, identity: Option<&str>) -> Option<String> {
+    let text = fs::read_to_string(cache).ok()?;
+    let (cached_identity, name) = text.split_once('\t')?;
+    let valid = Some(cached_identity) == identity && name.starts_with("hiber-init-") && !name.contains('/');
+    valid.then(|| name.to_string())
+}
+
 /// Returns the layer for `binary` (and this build's SDK) under `layers_dir`,
 /// making it if needed.
 pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerError> {
@@ -88,9 +106,25 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
         let path = path.to_owned();
         move |source| InitLayerError::Io { path, source }
     };
+    let cache = layers_dir.join(".hiber-init.cache");
+    let identity = identity(binary);
+    if let Some(layer) = cached(&cache, identity.as_deref()).map(|name| layers_dir.join(name)) {
+        if layer.is_dir() {
+            return Ok(layer);
+        }
+    }
     let bytes = fs::read(binary).map_err(|_| InitLayerError::MissingBinary(binary.to_owned()))?;
     let hash = layer_hash(&bytes, SDK_MODULE.as_bytes());
-    let layer = layers_dir.join(format!("hiber-init-{}", &hash[..16]));
+    let name = format!("hiber-init-{}", &hash[..16]);
+    let layer = layers_dir.join(&name);
+    if let Some(identity) = &identity {
+        // Best effort: without the cache the next start hashes again.
+        let tmp = layers_dir.join(format!(".hiber-init.cache.{}", rand::random::<u64>()));
+        let _ = fs::create_dir_all(layers_dir)
+            .and_then(|()| fs::write(&tmp, format!("{identity}\t{name}")))
+            .and_then(|()| fs::rename(&tmp, &cache));
+        let _ = fs::remove_file(&tmp);
+    }
     if layer.is_dir() {
         return Ok(layer);
     }
@@ -180,9 +214,13 @@ mod tests {
         assert_eq!(fs::read_link(layer.join("dev/ptmx")).unwrap(), PathBuf::from("pts/ptmx"));
         assert_eq!(fs::metadata(layer.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
         assert_eq!(ensure(&dir.path().join("layers"), &bin).unwrap(), layer);
+        let cache = fs::read_to_string(dir.path().join("layers/.hiber-init.cache")).unwrap();
+        assert!(cache.ends_with(layer.file_name().unwrap().to_str().unwrap()), "{cache}");
         fs::write(&bin, b"another").unwrap();
-        assert_ne!(ensure(&dir.path().join("layers"), &bin).unwrap(), layer);
-        let leftovers = fs::read_dir(dir.path().join("layers")).unwrap().count();
-        assert_eq!(leftovers, 2, "no staging directories left");
+        assert_ne!(ensure(&dir.path().join("layers"), &bin).unwrap(), layer, "a changed binary is seen");
+        let names: Vec<String> =
+            fs::read_dir(dir.path().join("layers")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(names.iter().filter(|n| n.starts_with("hiber-init-")).count(), 2, "{names:?}");
+        assert!(names.iter().all(|n| n.starts_with("hiber-init-") || n == ".hiber-init.cache"), "no staging left: {names:?}");
     }
 }
