@@ -344,7 +344,7 @@ fn restore_needs_only_the_home_directory() {
     moved.ok(&["rm", "-f", &restored]);
     moved.ok(&["image", "rm", "busybox"]);
     let layers: Vec<String> = std::fs::read_dir(moved.path().join("layers")).unwrap().flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with("hiber-init-")).collect();
+        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with("hiber-init-") && !n.starts_with('.')).collect();
     assert!(layers.is_empty(), "unused layers collected: {layers:?}");
 }
 

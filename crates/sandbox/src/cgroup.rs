@@ -103,26 +103,50 @@ impl Hierarchy {
 }
 
 /// A sandbox's cgroup(s).
+///
+/// On v1 a sandbox joins the freezer (snapshots need it) and only the
+/// controllers it has limits for: every join is a separate migration, and
+/// each costs an RCU grace period (a few milliseconds) in the kernel.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
     hierarchy: Hierarchy,
     id: String,
+    limits: Limits,
 }
 
 impl Cgroup {
-    /// Names the cgroup of sandbox `id` (it may or may not exist yet).
-    pub fn new(hierarchy: Hierarchy, id: &str) -> Cgroup {
-        Cgroup { hierarchy, id: id.to_string() }
+    /// Names the cgroup of sandbox `id` with `limits` (it may or may not
+    /// exist yet).
+    pub fn new(hierarchy: Hierarchy, id: &str, limits: Limits) -> Cgroup {
+        Cgroup { hierarchy, id: id.to_string(), limits }
     }
 
     fn dir_under(&self, mount: &Path) -> PathBuf {
         mount.join("hiber").join(&self.id)
     }
 
-    /// Every directory of this cgroup (one per v1 controller, or the v2 one).
+    /// Every directory this cgroup may have (one per v1 controller, or the v2 one).
     fn dirs(&self) -> Vec<PathBuf> {
         match &self.hierarchy {
             Hierarchy::V1(mounts) => mounts.iter().map(|(_, m)| self.dir_under(m)).collect(),
+            Hierarchy::V2(root) => vec![self.dir_under(root)],
+        }
+    }
+
+    /// The directories the sandbox's processes join.
+    fn joined(&self) -> Vec<PathBuf> {
+        let l = &self.limits;
+        match &self.hierarchy {
+            Hierarchy::V1(mounts) => mounts
+                .iter()
+                .filter(|(c, _)| match c.as_str() {
+                    "memory" => l.memory_bytes.is_some(),
+                    "cpu" => l.cpus.is_some(),
+                    "pids" => l.pids.is_some(),
+                    _ => true,
+                })
+                .map(|(_, m)| self.dir_under(m))
+                .collect(),
             Hierarchy::V2(root) => vec![self.dir_under(root)],
         }
     }
@@ -137,8 +161,8 @@ impl Cgroup {
         }
     }
 
-    /// Creates the cgroup and applies `limits`.
-    pub fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
+    /// Creates the cgroup and applies its limits.
+    pub fn create(&self) -> Result<(), CgroupError> {
         if let Hierarchy::V2(root) = &self.hierarchy {
             let enable = V2_CONTROLLERS.map(|c| format!("+{c}")).join(" ");
             write(&root.join("cgroup.subtree_control"), &enable)?;
@@ -146,10 +170,10 @@ impl Cgroup {
             fs::create_dir_all(&parent).map_err(io_err(&parent))?;
             write(&parent.join("cgroup.subtree_control"), &enable)?;
         }
-        for dir in self.dirs() {
+        for dir in self.joined() {
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        self.apply(limits)
+        self.apply(&self.limits)
     }
 
     fn apply(&self, limits: &Limits) -> Result<(), CgroupError> {
@@ -187,7 +211,7 @@ impl Cgroup {
 
     /// Moves process `pid` (a host pid) into the cgroup.
     pub fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
-        for dir in self.dirs() {
+        for dir in self.joined() {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())
@@ -195,7 +219,7 @@ impl Cgroup {
 
     /// Host pids of the processes in the cgroup.
     pub fn processes(&self) -> Vec<i32> {
-        let dir = self.controller_dir("pids");
+        let dir = self.controller_dir("freezer");
         fs::read_to_string(dir.join("cgroup.procs"))
             .unwrap_or_default()
             .lines()
@@ -302,6 +326,19 @@ mod tests {
         let cpu = mounts.iter().find(|(c, _)| c == "cpu").unwrap();
         assert_eq!(cpu.1, PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"));
         assert_eq!(mounts.len(), 4);
+    }
+
+    #[test]
+    fn sandboxes_join_the_freezer_and_only_the_controllers_they_limit() {
+        let h = Hierarchy::from_mountinfo(HYBRID, |_| None).unwrap();
+        let names = |limits: Limits| -> Vec<String> {
+            let cg = Cgroup::new(h.clone(), "abc", limits);
+            cg.joined().iter().map(|d| d.parent().unwrap().parent().unwrap().display().to_string()).collect()
+        };
+        assert_eq!(names(Limits::default()), ["/sys/fs/cgroup/freezer"]);
+        let limited = Limits { memory_bytes: Some(1 << 30), cpus: None, pids: Some(10) };
+        assert_eq!(names(limited), ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/freezer"]);
+        assert_eq!(Cgroup::new(h, "abc", Limits::default()).dirs().len(), 4, "removal looks everywhere");
     }
 
     #[test]

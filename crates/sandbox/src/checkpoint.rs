@@ -60,7 +60,7 @@ impl ContainerBackend {
         pending.share_lock_with_children();
 
         self.detach_clients(&record)?;
-        let cgroup = self.cgroup(&record.id);
+        let cgroup = self.cgroup(&record);
         cgroup.set_frozen(true)?;
         let log = dir.path().join("dump.log");
         if let Err(e) = criu.dump(record.init_pid, &pending.criu_dir(), &cgroup.freezer_dir(), &log) {
@@ -138,7 +138,7 @@ impl ContainerBackend {
         let record: Option<SandboxRecord> = read_json(&self.runtime().dir(&journal.sandbox).state()).ok();
         if let Some(record) = record.as_ref().filter(|r| is_alive(r)) {
             // Killed before the sandbox was stopped: undo.
-            let _ = self.cgroup(&record.id).set_frozen(false);
+            let _ = self.cgroup(record).set_frozen(false);
             leftover.discard();
             return Ok(());
         }

@@ -140,8 +140,8 @@ impl ContainerBackend {
         })
     }
 
-    pub(crate) fn cgroup(&self, id: &str) -> Cgroup {
-        Cgroup::new(self.hierarchy.clone(), id)
+    pub(crate) fn cgroup(&self, record: &SandboxRecord) -> Cgroup {
+        Cgroup::new(self.hierarchy.clone(), &record.id, record.limits)
     }
 
     pub(crate) fn home(&self) -> &Path {
@@ -232,8 +232,8 @@ impl ContainerBackend {
 
     fn start(&self, record: &SandboxRecord, dir: &SandboxDir, how: How) -> Result<SandboxRecord, SandboxError> {
         Overlay { lowers: record.lowers.clone(), upper: dir.upper(), work: dir.work(), target: dir.rootfs() }.mount()?;
-        let cgroup = self.cgroup(&record.id);
-        cgroup.create(&record.limits)?;
+        let cgroup = self.cgroup(record);
+        cgroup.create()?;
         let config = InitConfig { main: record.main.clone(), hostname: record.hostname.clone() };
         let (pidfile, log) = (dir.path().join("init.pid"), dir.path().join("restore.log"));
         let start = match how {
@@ -288,7 +288,7 @@ impl ContainerBackend {
             // checked by its start time.
             unsafe { libc::kill(record.init_pid, libc::SIGKILL) };
         }
-        let _ = self.cgroup(&record.id).destroy();
+        let _ = self.cgroup(record).destroy();
         wait_until(Duration::from_secs(10), || !Status::of(record, &dir).is_running());
         reap_if_child(record.shim_pid);
         // The shim records the exit after init is gone: let it finish before
@@ -299,7 +299,7 @@ impl ContainerBackend {
     fn teardown(&self, record: &SandboxRecord) -> Result<(), SandboxError> {
         self.kill(record);
         let dir = self.runtime.dir(&record.id);
-        self.cgroup(&record.id).destroy()?;
+        self.cgroup(record).destroy()?;
         overlay::unmount(&dir.rootfs())?;
         fs::remove_dir_all(dir.path()).or_else(|e| match e.kind() {
             io::ErrorKind::NotFound => Ok(()),
