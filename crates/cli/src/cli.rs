@@ -48,6 +48,88 @@ pub enum Command {
     /// Measure hiber's speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the session server: the HTTP API on --listen (token in HIBER_HOME/api-token).
+    Serve(ServeArgs),
+    /// Agent sessions on a running `hiber serve`.
+    Session(SessionArgs),
+}
+
+/// `hiber serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: std::net::SocketAddr,
+}
+
+/// `hiber session ...`.
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// The server's URL.
+    #[arg(long, global = true, env = "HIBER_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    #[command(subcommand)]
+    pub command: SessionCommand,
+}
+
+/// The session subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Start a session running an agent's command (prints its id).
+    New {
+        /// Image to run the agent in.
+        #[arg(long, conflicts_with = "snapshot", required_unless_present = "snapshot")]
+        image: Option<String>,
+        /// Snapshot to start from instead of an image.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Set an environment variable of the agent (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Seconds the agent may wait for a message before it is suspended.
+        #[arg(long, value_name = "SECONDS")]
+        idle_timeout: Option<u64>,
+        /// The agent's command.
+        #[arg(trailing_var_arg = true)]
+        command: Vec<String>,
+    },
+    /// Send a message and print what the agent appends until it waits again.
+    Send {
+        /// Session id.
+        id: String,
+        /// The message (a JSON string, or any JSON with --json).
+        message: String,
+        /// The message is JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List sessions.
+    Ls(JsonFlag),
+    /// Show one session as JSON.
+    Show {
+        /// Session id.
+        id: String,
+    },
+    /// Print a session's context log.
+    Log {
+        /// Session id.
+        id: String,
+        /// Only entries after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep printing new entries.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON entry per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove sessions: sandbox, snapshots and context log.
+    Rm {
+        /// Session ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// `--json`.

@@ -125,10 +125,17 @@ while True:
     cl.sendall(b"x\n"); time.sleep(0.05)
 "#;
     let id = home.detached(&["debian", "python3", "-c", script]);
+    // The server rewrites the file: a read may catch it empty, then read again.
     let read = |sandbox: &str| -> (u64, u64) {
-        let out = home.ok(&["exec", sandbox, "cat", "/tmp/tcp"]);
-        let mut f = out.split_whitespace().map(|x| x.parse::<u64>().unwrap());
-        (f.next().unwrap(), f.next().unwrap())
+        for _ in 0..50 {
+            let out = home.ok(&["exec", sandbox, "cat", "/tmp/tcp"]);
+            let f: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            if let [n, accepted] = f[..] {
+                return (n, accepted);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("/tmp/tcp never held two numbers")
     };
     assert!(eventually(Duration::from_secs(10), || home.run(&["exec", &id, "cat", "/tmp/tcp"]).code == 0));
     let snap = home.ok(&["snapshot", &id]).trim().to_string();

@@ -32,6 +32,9 @@ pub struct SnapshotOptions {
     pub name: Option<String>,
     /// Keep the sandbox running (a live checkpoint) instead of stopping it.
     pub leave_running: bool,
+    /// The position in the session's context log the sandbox has seen
+    /// (recorded in the manifest; sessions set it).
+    pub context_seq: Option<u64>,
 }
 
 fn layer_name(path: &Path) -> String {
@@ -80,6 +83,7 @@ impl ContainerBackend {
             hostname: record.hostname.clone(),
             limits: record.limits,
             main: record.main.clone(),
+            context_seq: options.context_seq,
             criu_version: criu.version.clone(),
             hiber_version: env!("CARGO_PKG_VERSION").to_string(),
             created: now(),

@@ -8,6 +8,8 @@ mod lifecycle;
 mod logs;
 mod ps;
 mod run;
+mod serve;
+mod session;
 mod snapshot;
 
 use std::path::Path;
@@ -36,6 +38,8 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Image(command) => images::image(home, command),
         Command::Check(args) => check::check(home, args.json),
         Command::Bench(command) => bench::bench(home, command),
+        Command::Serve(args) => serve::serve(home, args),
+        Command::Session(args) => session::session(home, args),
     }
 }
 

@@ -19,7 +19,7 @@ pub fn snapshot(home: &Path, args: SnapshotArgs) -> Result<i32> {
         return Ok(0);
     }
     let sandbox = args.sandbox.expect("clap requires the sandbox");
-    let options = SnapshotOptions { name: args.name, leave_running: args.leave_running };
+    let options = SnapshotOptions { name: args.name, leave_running: args.leave_running, context_seq: None };
     let manifest = backend.snapshot(&sandbox, &options)?;
     println!("{}", manifest.id);
     Ok(0)

@@ -33,6 +33,10 @@ pub struct Manifest {
     pub limits: Limits,
     /// Its main process, if any.
     pub main: Option<ProcessSpec>,
+    /// The position in the session's context log the sandbox had seen, for
+    /// snapshots taken by the session server.
+    #[serde(default)]
+    pub context_seq: Option<u64>,
     /// CRIU's version when dumping.
     pub criu_version: String,
     /// hiber's version when dumping.

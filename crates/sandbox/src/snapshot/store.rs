@@ -426,6 +426,7 @@ mod tests {
             hostname: "h".into(),
             limits: Limits::default(),
             main: None,
+            context_seq: Some(7),
             criu_version: "4.2.1".into(),
             hiber_version: "0.1.0".into(),
             created: 1,
@@ -452,7 +453,8 @@ mod tests {
         fs::create_dir_all(layers.join("l1")).unwrap();
         let store = SnapshotStore::open(&home.path().join("snapshots")).unwrap();
         let id = sealed(&store);
-        assert_eq!(store.verified("snap", &layers).unwrap().id, id);
+        let verified = store.verified("snap", &layers).unwrap();
+        assert_eq!((verified.id.as_str(), verified.context_seq), (id.as_str(), Some(7)));
         assert_eq!(store.verified(&id[..4], &layers).unwrap().size_bytes(), 10_004);
         assert!(matches!(store.begin(Some("snap")), Err(StoreError::NameTaken(_))));
 

@@ -1,0 +1,37 @@
+//! The HTTP API: routes, the body limit, authentication and JSON errors.
+
+mod sessions;
+mod system;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+
+use crate::error::ApiError;
+use crate::Sessions;
+
+/// Largest request body accepted (1 MiB); larger ones get 413.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Every route. `/healthz` and `/openapi.json` are open; the rest needs the token.
+pub fn router(sessions: Sessions, token: String) -> Router {
+    let token: Arc<str> = token.into();
+    let protected = Router::new()
+        .route("/metrics", get(system::metrics))
+        .route("/v1/sessions", post(sessions::create).get(sessions::list))
+        .route("/v1/sessions/{id}", get(sessions::show).delete(sessions::delete))
+        .route("/v1/sessions/{id}/context", get(sessions::context))
+        .route("/v1/sessions/{id}/context/stream", get(sessions::context_stream))
+        .route("/v1/sessions/{id}/messages", post(sessions::send))
+        .route_layer(middleware::from_fn_with_state(token, crate::auth::require_token));
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/openapi.json", get(system::openapi))
+        .merge(protected)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(sessions)
+}

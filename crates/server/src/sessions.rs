@@ -1,0 +1,294 @@
+//! The session manager: creates, lists, shows and deletes sessions, and
+//! hands each live session's work to its [`lifecycle`](crate::lifecycle)
+//! task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use hiber_context::{Entry, Kind, LogStore, NewEntry};
+use hiber_image::ImageStore;
+use hiber_proto::ProcessSpec;
+use hiber_sandbox::{Backend, ContainerBackend, SandboxError, SandboxInfo, SandboxSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::lifecycle::{self, Command, Turn};
+use crate::metrics::Metrics;
+use crate::store::{now_ms, SessionRecord, SessionStore, State, StoreError};
+
+/// Seconds an agent may wait for a message before it is suspended, by default.
+pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3;
+
+/// Errors of session operations.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session.
+    #[error("no session '{0}'")]
+    NotFound(String),
+    /// A bad request.
+    #[error("{0}")]
+    Invalid(String),
+    /// The session cannot do this in its state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The registry failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The context log failed.
+    #[error(transparent)]
+    Log(#[from] hiber_context::StoreError),
+    /// The sandbox backend failed.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// A blocking task panicked or the session's task is gone.
+    #[error("the session's task stopped: {0}")]
+    Stopped(String),
+}
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Image to start a fresh sandbox from.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Snapshot to start from instead.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    /// The agent's command (required with `image`).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The agent's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds of waiting before the session is suspended.
+    #[serde(default)]
+    pub idle_timeout_s: Option<u64>,
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    /// The saved record.
+    #[serde(flatten)]
+    pub record: SessionRecord,
+    /// The last seq of its context log.
+    pub last_seq: u64,
+}
+
+/// What the manager and the session tasks share.
+pub struct Shared {
+    /// The state root.
+    pub home: PathBuf,
+    /// The session registry.
+    pub store: SessionStore,
+    /// The context logs.
+    pub log: Arc<dyn LogStore>,
+    /// The sandboxes.
+    pub backend: Arc<ContainerBackend>,
+    /// Counters.
+    pub metrics: Metrics,
+    tasks: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
+}
+
+impl Shared {
+    /// Runs blocking backend work off the runtime.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&ContainerBackend) -> Result<T, SandboxError> + Send + 'static,
+    ) -> Result<T, SessionError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || work(&backend))
+            .await
+            .map_err(|e| SessionError::Stopped(e.to_string()))?
+            .map_err(SessionError::from)
+    }
+
+    /// Creates a fresh sandbox running the session's agent.
+    pub async fn fresh_sandbox(&self, record: &SessionRecord) -> Result<SandboxInfo, SessionError> {
+        let image_name = record.image.clone().ok_or_else(|| SessionError::Invalid("the session has no image".into()))?;
+        let images = ImageStore::open(&self.home).map_err(|e| SessionError::Invalid(e.to_string()))?;
+        let image = images.get(&image_name).map_err(|e| SessionError::Invalid(e.to_string()))?;
+        let mut env: Vec<String> = record.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(format!("HIBER_SESSION={}", record.id));
+        let spec = SandboxSpec {
+            name: None,
+            image: image.name.clone(),
+            lowers: images.lower_dirs(&image),
+            limits: Default::default(),
+            main: Some(ProcessSpec { argv: record.command.clone(), env, cwd: String::new(), tty: false }),
+        };
+        self.blocking(move |b| b.create(spec)).await
+    }
+
+    /// Forgets a session's task (it ended).
+    pub fn forget(&self, id: &str) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// The session manager.
+#[derive(Clone)]
+pub struct Sessions {
+    shared: Arc<Shared>,
+}
+
+impl Sessions {
+    /// Opens the registry and context log under `home` and resumes every
+    /// saved session (must run inside a tokio runtime).
+    pub fn open(home: &Path) -> Result<Sessions, crate::ServerError> {
+        let store = SessionStore::open(&home.join("sessions.db"))?;
+        let log: Arc<dyn LogStore> = Arc::new(hiber_context::SqliteLog::open(home.join("context.db"))?);
+        let backend = Arc::new(ContainerBackend::open(home)?);
+        let shared = Arc::new(Shared {
+            home: home.to_owned(),
+            store,
+            log,
+            backend,
+            metrics: Metrics::default(),
+            tasks: Mutex::new(HashMap::new()),
+        });
+        let sessions = Sessions { shared };
+        for record in sessions.shared.store.list()? {
+            sessions.spawn(record);
+        }
+        Ok(sessions)
+    }
+
+    /// The shared state (metrics, log).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn spawn(&self, record: SessionRecord) {
+        let id = record.id.clone();
+        let tx = lifecycle::spawn(self.shared.clone(), record);
+        self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+    }
+
+    fn task(&self, id: &str) -> Result<mpsc::UnboundedSender<Command>, SessionError> {
+        self.shared
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound(id.into()))
+    }
+
+    /// Creates a session and starts its sandbox.
+    pub async fn create(&self, req: CreateSession) -> Result<SessionView, SessionError> {
+        let idle_timeout_s = req.idle_timeout_s.unwrap_or(DEFAULT_IDLE_TIMEOUT_S);
+        if idle_timeout_s == 0 || idle_timeout_s > 7 * 24 * 3600 {
+            return Err(SessionError::Invalid("idle_timeout_s must be between 1 and 604800".into()));
+        }
+        for key in req.env.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                return Err(SessionError::Invalid(format!("invalid environment variable name {key:?}")));
+            }
+        }
+        let mut record = SessionRecord {
+            id: format!("s{:015x}", rand::random::<u64>() & 0x0fff_ffff_ffff_ffff),
+            image: req.image.clone(),
+            from_snapshot: req.snapshot.clone(),
+            command: req.command.clone(),
+            env: req.env.clone(),
+            idle_timeout_s,
+            state: State::Running,
+            sandbox: None,
+            snapshot: None,
+            snapshot_cursor: 0,
+            cursor: 0,
+            wake_at: None,
+            error: None,
+            created: now_ms(),
+            updated: 0,
+        };
+        let info = match (&req.image, &req.snapshot) {
+            (Some(_), None) => {
+                if req.command.is_empty() {
+                    return Err(SessionError::Invalid("a session from an image needs a command".into()));
+                }
+                self.shared.store.put(&mut record)?;
+                self.shared.fresh_sandbox(&record).await
+            }
+            (None, Some(snapshot)) => {
+                let manifest = self
+                    .shared
+                    .backend
+                    .snapshot_list()
+                    .into_iter()
+                    .find(|m| &m.id == snapshot || m.name.as_ref() == Some(snapshot))
+                    .ok_or_else(|| SessionError::Invalid(format!("no snapshot '{snapshot}'")))?;
+                record.image = Some(manifest.image.clone());
+                if record.command.is_empty() {
+                    record.command = manifest.main.as_ref().map(|m| m.argv.clone()).unwrap_or_default();
+                }
+                self.shared.store.put(&mut record)?;
+                let id = manifest.id.clone();
+                self.shared.blocking(move |b| b.restore(&id, None)).await
+            }
+            _ => return Err(SessionError::Invalid("give exactly one of image and snapshot".into())),
+        };
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                self.shared.store.delete(&record.id)?;
+                return Err(e);
+            }
+        };
+        record.sandbox = Some(info.record.id);
+        self.shared.store.put(&mut record)?;
+        self.spawn(record.clone());
+        Ok(SessionView { record, last_seq: 0 })
+    }
+
+    /// One session.
+    pub async fn get(&self, id: &str) -> Result<SessionView, SessionError> {
+        let record = self.shared.store.get(id)?.ok_or_else(|| SessionError::NotFound(id.into()))?;
+        let last_seq = self.shared.log.last_seq(id).await?;
+        Ok(SessionView { record, last_seq })
+    }
+
+    /// Every session, oldest first.
+    pub async fn list(&self) -> Result<Vec<SessionView>, SessionError> {
+        let mut out = Vec::new();
+        for record in self.shared.store.list()? {
+            let last_seq = self.shared.log.last_seq(&record.id).await?;
+            out.push(SessionView { record, last_seq });
+        }
+        Ok(out)
+    }
+
+    /// How many sessions are in each state.
+    pub fn count_by_state(&self) -> Result<Vec<(State, usize)>, SessionError> {
+        let records = self.shared.store.list()?;
+        Ok(State::ALL.iter().map(|s| (*s, records.iter().filter(|r| r.state == *s).count())).collect())
+    }
+
+    /// Entries of a session's log after `after`.
+    pub async fn context(&self, id: &str, after: u64, limit: usize) -> Result<Vec<Entry>, SessionError> {
+        self.get(id).await?;
+        Ok(self.shared.log.read(id, after, limit).await?)
+    }
+
+    /// Appends a user message and has it delivered; the turn tells when the
+    /// agent waits again.
+    pub async fn send(&self, id: &str, content: Value) -> Result<Turn, SessionError> {
+        let task = self.task(id)?;
+        let (reply, answer) = oneshot::channel();
+        task.send(Command::Message { entry: NewEntry::new(Kind::User, content), reply })
+            .map_err(|_| SessionError::NotFound(id.into()))?;
+        answer.await.map_err(|_| SessionError::NotFound(id.into()))?
+    }
+
+    /// Deletes a session: its sandbox, its snapshots, its log, its record.
+    pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
+        let task = self.task(id)?;
+        let (reply, answer) = oneshot::channel();
+        task.send(Command::Delete { reply }).map_err(|_| SessionError::NotFound(id.into()))?;
+        answer.await.map_err(|_| SessionError::NotFound(id.into()))?
+    }
+}
