@@ -13,6 +13,9 @@ use hiber_sandbox::InitConnection;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 
+/// How long a client waits to re-attach after a snapshot detached it.
+const REATTACH: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long hiber-init may take to answer an exec request.
 const FIRST_REPLY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -53,7 +56,8 @@ fn terminal_size() -> Option<TtySize> {
 pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessSpec, stdin: bool) -> Result<i32> {
     let tty = process.tty;
     let size = if tty { terminal_size() } else { None };
-    conn.request(&Request::Exec { id: id.into(), process, stdin, size })?;
+    let request = Request::Exec { id: id.into(), process, stdin, size };
+    conn.request(&request)?;
     let writer = Arc::new(Mutex::new(conn.try_clone().context("cloning the connection")?));
 
     // Signals go to one thread, which forwards them; block them everywhere else.
@@ -83,7 +87,15 @@ pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessS
             e => anyhow::Error::from(e).context("connection to the sandbox"),
         })?;
         match frame {
-            None => bail!("the sandbox's init closed the connection (was the sandbox stopped?)"),
+            None => {
+                // A snapshot detached us (CRIU cannot dump a connection to
+                // the host): once the sandbox answers again, re-attach by the
+                // same id; the output kept meanwhile comes first, and the
+                // command does not run twice.
+                conn = reattach(init_pid, &request)?;
+                *writer.lock().map_err(|_| anyhow::anyhow!("a relay thread panicked"))? = conn.try_clone()?;
+                conn.set_timeout(Some(FIRST_REPLY))?;
+            }
             Some(Frame::Stdout(bytes)) => {
                 out.write_all(&bytes)?;
                 out.flush()?;
@@ -103,6 +115,26 @@ pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessS
     }
 }
 
+/// Connects again and repeats `request` (an exec by id: a re-attach) until
+/// the sandbox answers; fails once the sandbox's init is gone.
+fn reattach(init_pid: i32, request: &Request) -> Result<InitConnection> {
+    let deadline = std::time::Instant::now() + REATTACH;
+    loop {
+        if hiber_sandbox::state::process_start(init_pid).is_none() {
+            bail!("the sandbox stopped while the command ran (suspended by a snapshot?)");
+        }
+        if let Ok(mut conn) = InitConnection::open(init_pid) {
+            if conn.request(request).is_ok() {
+                return Ok(conn);
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("lost the connection to the sandbox and could not re-attach within {}s", REATTACH.as_secs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn pump_stdin(writer: Arc<Mutex<InitConnection>>) {
     let mut stdin = io::stdin();
     let mut buf = vec![0u8; 32 * 1024];
@@ -112,8 +144,15 @@ fn pump_stdin(writer: Arc<Mutex<InitConnection>>) {
             Ok(n) => Frame::Stdin(buf[..n].to_vec()),
         };
         let end = frame == Frame::StdinEof;
-        let sent = writer.lock().map(|mut w| w.send(&frame).is_ok()).unwrap_or(false);
-        if end || !sent {
+        // While a snapshot has us detached, wait for the re-attached connection.
+        let deadline = std::time::Instant::now() + REATTACH;
+        while !writer.lock().map(|mut w| w.send(&frame).is_ok()).unwrap_or(false) {
+            if std::time::Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if end {
             return;
         }
     }

@@ -375,3 +375,20 @@ fn a_missing_or_old_criu_is_one_clear_line() {
     assert_eq!(home.sandbox(&id)["status"]["state"], "running", "nothing happened to the sandbox");
     assert!(home.snapshots().is_empty());
 }
+
+#[test]
+fn an_exec_in_flight_reattaches_after_a_live_snapshot() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let id = home.detached(&["busybox", "sleep", "1000"]);
+    // The command counts its own runs, so a re-run would show.
+    let script = "echo run >> /root/runs; echo before; sleep 1; echo after";
+    let exec = home.cmd(&["exec", &id, "sh", "-c", script]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    home.ok(&["snapshot", "--leave-running", &id]);
+    let out = exec.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\nafter\n", "all output, once");
+    assert_eq!(home.ok(&["exec", &id, "cat", "/root/runs"]), "run\n", "the command ran once");
+}
