@@ -36,18 +36,9 @@ RUN_MARK=$RUN/.tmpfs # exists only on the mounted tmpfs
 CACHE=/var/cache/hiber/setup-bench
 PKGS=(podman runc)
 
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export DEBIAN_FRONTEND=noninteractive LC_ALL=C
-# Wait for other apt/dpkg runs; never upgrade an installed package because a sibling from the
-# same source package is installed (podman's libsubid4 would otherwise upgrade login and passwd).
-APT_OPTS=(-q -o DPkg::Lock::Timeout=300 -o APT::Get::Upgrade-By-Source-Package=false)
-
-log() { printf 'setup-bench: %s\n' "$*" >&2; }
-die() {
-	printf 'setup-bench: error: %s\n' "$*" >&2
-	exit 1
-}
-trap 'if ((BASH_SUBSHELL)); then exit 1; else die "unexpected failure (line $LINENO): $BASH_COMMAND"; fi' ERR
+NAME=setup-bench
+# shellcheck source=scripts/lib.sh
+. "$HERE/lib.sh"
 
 usage() {
 	cat <<'EOF'
@@ -68,41 +59,6 @@ EOF
 }
 
 # ---------------------------------------------------------------- packages
-
-# Print those of the given packages that are not installed.
-missing_pkgs() {
-	local have p
-	have=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null |
-		awk '$2 == "installed" { print $1 }' || true)
-	for p in "$@"; do
-		grep -qxF -- "$p" <<<"$have" || printf '%s\n' "$p"
-	done
-}
-
-# apt_install PKG...: install those not yet installed; refuse to upgrade or remove anything.
-apt_install() {
-	local -a need
-	mapfile -t need < <(missing_pkgs "$@")
-	((${#need[@]})) || return 0
-	local sim changes out
-	if ! sim=$(apt-get "${APT_OPTS[@]}" install -s -y --no-install-recommends "${need[@]}" 2>&1); then
-		log "apt-get update ..."
-		apt-get "${APT_OPTS[@]}" update >/dev/null 2>&1 || log "warning: apt-get update failed"
-		sim=$(apt-get "${APT_OPTS[@]}" install -s -y --no-install-recommends "${need[@]}" 2>&1) || {
-			printf '%s\n' "$sim" | tail -n 10 >&2
-			die "apt-get cannot install: ${need[*]}"
-		}
-	fi
-	# "Inst pkg [old-version] (...)" is an upgrade; "Remv pkg" a removal.
-	changes=$(awk '/^Inst [^ ]+ \[/ || /^Remv / { printf "%s ", $2 }' <<<"$sim")
-	[[ -z $changes ]] ||
-		die "installing ${need[*]} would upgrade or remove installed host packages (${changes% }); refusing"
-	log "installing ${need[*]} ..."
-	out=$(apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" 2>&1) || {
-		printf '%s\n' "$out" | tail -n 20 >&2
-		die "apt-get install failed: ${need[*]}"
-	}
-}
 
 # ---------------------------------------------------------------- configuration files
 
@@ -239,30 +195,8 @@ check_only() {
 	log "everything present (podman wrapper: $DIR/podman)"
 }
 
-main() {
-	case ${1:-} in
-	-h | --help)
-		usage
-		return 0
-		;;
-	--check)
-		check_only
-		return 0
-		;;
-	'') ;;
-	*)
-		usage >&2
-		die "unknown argument: $1"
-		;;
-	esac
-	((EUID == 0)) || die "must run as root"
-	command -v dpkg-query >/dev/null || die "not a Debian system (no dpkg-query)"
+install() {
 	"$HERE/setup.sh" || die "scripts/setup.sh failed"
-
-	mkdir -p "$CACHE"
-	exec 9>"$CACHE/.lock"
-	flock 9 || die "cannot lock $CACHE/.lock"
-
 	apt_install "${PKGS[@]}"
 	ensure_run_tmpfs
 	mkdir -p "$STATE"
@@ -278,4 +212,4 @@ main() {
 	log "podman $(/usr/bin/podman --version | awk '{ print $3 }') with runc and criu $("$CRIU_BIN" --version | awk '$1 == "Version:" { print $2; exit }'); use $DIR/podman"
 }
 
-main "$@"
+run_main "$@"

@@ -1,0 +1,92 @@
+# Shared by hiber's set-up scripts; sourced, not run. The sourcing script sets
+# NAME (its log prefix) and CACHE (its cache directory), defines `usage`,
+# `check_only` and `install`, and ends with `run_main "$@"`.
+#
+# Packages are installed with apt-get --no-install-recommends and never by
+# upgrading or removing an installed package (HIBER_SETUP_ALLOW_UPGRADES=1
+# lifts that); the host's apt sources are never changed.
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C
+# Wait for other apt/dpkg runs instead of failing; never upgrade an installed package because
+# a sibling from the same source package is installed (podman's libsubid4 would otherwise
+# upgrade login and passwd).
+APT_OPTS=(-q -o DPkg::Lock::Timeout=300 -o APT::Get::Upgrade-By-Source-Package=false)
+
+log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
+die() {
+	printf '%s: error: %s\n' "$NAME" "$*" >&2
+	exit 1
+}
+# One line in the main shell; subshells (command substitutions) just pass the failure up.
+trap 'if ((BASH_SUBSHELL)); then exit 1; else die "unexpected failure (line $LINENO): $BASH_COMMAND"; fi' ERR
+
+# Print those of the given packages that are not installed.
+missing_pkgs() {
+	local have p
+	have=$(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "$@" 2>/dev/null |
+		awk '$2 == "installed" { print $1 }' || true)
+	for p in "$@"; do
+		grep -qxF -- "$p" <<<"$have" || printf '%s\n' "$p"
+	done
+}
+
+APT_UPDATED=0
+apt_update_once() {
+	((APT_UPDATED)) && return 0
+	APT_UPDATED=1
+	log "apt-get update ..."
+	local out
+	if ! out=$(apt-get "${APT_OPTS[@]}" update 2>&1); then
+		printf '%s\n' "$out" | tail -n 5 >&2
+		log "warning: apt-get update failed; trying with the existing package lists"
+	fi
+}
+
+# apt_install PKG...: install those not yet installed; refuse to upgrade or remove anything.
+apt_install() {
+	local -a need
+	mapfile -t need < <(missing_pkgs "$@")
+	((${#need[@]})) || return 0
+	apt_update_once
+	local sim changes out
+	sim=$(apt-get "${APT_OPTS[@]}" install -s -y --no-install-recommends "${need[@]}" 2>&1) || {
+		printf '%s\n' "$sim" | tail -n 10 >&2
+		die "apt-get cannot install: ${need[*]}"
+	}
+	# "Inst pkg [old-version] (...)" is an upgrade; "Remv pkg" a removal.
+	changes=$(awk '/^Inst [^ ]+ \[/ || /^Remv / { printf "%s ", $2 }' <<<"$sim")
+	if [[ -n $changes && ${HIBER_SETUP_ALLOW_UPGRADES:-0} != 1 ]]; then
+		die "installing ${need[*]} would upgrade or remove installed host packages (${changes% }); refusing (set HIBER_SETUP_ALLOW_UPGRADES=1 to allow)"
+	fi
+	log "installing ${need[*]} ..."
+	out=$(apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" 2>&1) || {
+		printf '%s\n' "$out" | tail -n 20 >&2
+		die "apt-get install failed: ${need[*]}"
+	}
+}
+
+# run_main ARGS: --help, --check, or (as root, on Debian, holding $CACHE/.lock) install.
+run_main() {
+	case ${1:-} in
+	-h | --help)
+		usage
+		return 0
+		;;
+	--check)
+		check_only
+		return 0
+		;;
+	'') ;;
+	*)
+		usage >&2
+		die "unknown argument: $1"
+		;;
+	esac
+	((EUID == 0)) || die "must run as root"
+	command -v dpkg-query >/dev/null || die "not a Debian system (no dpkg-query)"
+	mkdir -p "$CACHE"
+	exec 9>"$CACHE/.lock"
+	flock 9 || die "cannot lock $CACHE/.lock"
+	install
+}
