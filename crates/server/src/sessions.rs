@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lifecycle::{self, Command, Turn};
 use crate::metrics::Metrics;
-use crate::store::{now_ms, SessionRecord, SessionStore, State, StoreError};
+use crate::store::{SessionRecord, SessionStore, State, StoreError};
 
 /// Seconds an agent may wait for a message before it is suspended, by default.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3;
@@ -189,23 +189,14 @@ impl Sessions {
                 return Err(SessionError::Invalid(format!("invalid environment variable name {key:?}")));
             }
         }
-        let mut record = SessionRecord {
-            id: format!("s{:015x}", rand::random::<u64>() & 0x0fff_ffff_ffff_ffff),
-            image: req.image.clone(),
-            from_snapshot: req.snapshot.clone(),
-            command: req.command.clone(),
-            env: req.env.clone(),
+        let mut record = SessionRecord::new(
+            format!("s{:015x}", rand::random::<u64>() & 0x0fff_ffff_ffff_ffff),
+            req.image.clone(),
+            req.snapshot.clone(),
+            req.command.clone(),
+            req.env.clone(),
             idle_timeout_s,
-            state: State::Running,
-            sandbox: None,
-            snapshot: None,
-            snapshot_cursor: 0,
-            cursor: 0,
-            wake_at: None,
-            error: None,
-            created: now_ms(),
-            updated: 0,
-        };
+        );
         let info = match (&req.image, &req.snapshot) {
             (Some(_), None) => {
                 if req.command.is_empty() {

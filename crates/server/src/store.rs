@@ -88,6 +88,36 @@ pub struct SessionRecord {
     pub updated: u64,
 }
 
+impl SessionRecord {
+    /// A new session, running, that has seen nothing of its log yet.
+    pub fn new(
+        id: String,
+        image: Option<String>,
+        from_snapshot: Option<String>,
+        command: Vec<String>,
+        env: BTreeMap<String, String>,
+        idle_timeout_s: u64,
+    ) -> SessionRecord {
+        SessionRecord {
+            id,
+            image,
+            from_snapshot,
+            command,
+            env,
+            idle_timeout_s,
+            state: State::Running,
+            sandbox: None,
+            snapshot: None,
+            snapshot_cursor: 0,
+            cursor: 0,
+            wake_at: None,
+            error: None,
+            created: now_ms(),
+            updated: 0,
+        }
+    }
+}
+
 /// Now, in unix milliseconds.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -164,23 +194,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> SessionRecord {
-        SessionRecord {
-            id: id.into(),
-            image: Some("busybox".into()),
-            from_snapshot: None,
-            command: vec!["sleep".into(), "100".into()],
-            env: BTreeMap::new(),
-            idle_timeout_s: 3,
-            state: State::Running,
-            sandbox: None,
-            snapshot: None,
-            snapshot_cursor: 0,
-            cursor: 0,
-            wake_at: None,
-            error: None,
-            created: now_ms(),
-            updated: 0,
-        }
+        SessionRecord::new(id.into(), Some("busybox".into()), None, vec!["sleep".into(), "100".into()], BTreeMap::new(), 3)
     }
 
     #[test]
