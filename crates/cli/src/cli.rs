@@ -329,4 +329,15 @@ pub enum BenchCommand {
         #[arg(long)]
         skip_podman: bool,
     },
+    /// Message -> first streamed entry for a running and a suspended session (an in-process
+    /// `hiber serve`, a python agent in Debian), and the context log's fsync'd appends,
+    /// throughput and append/tail-read times at 10 and 1,000,000 entries.
+    Session {
+        /// Messages timed per session (median and p95 over them).
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }

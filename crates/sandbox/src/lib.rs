@@ -12,6 +12,7 @@ pub mod container;
 pub mod criu;
 pub mod init_layer;
 pub mod overlay;
+pub mod preflight;
 pub mod runtime;
 pub mod snapshot;
 pub mod spawn;

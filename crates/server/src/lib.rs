@@ -66,7 +66,12 @@ impl Server {
 
     /// Serves until `shutdown` completes.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown).await?;
+        // Streams are many small writes: without TCP_NODELAY each waits for
+        // the client's delayed ACK (~40 ms) on a kept-alive connection.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp: &mut tokio::net::TcpStream| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, self.router).with_graceful_shutdown(shutdown).await?;
         Ok(())
     }
 }

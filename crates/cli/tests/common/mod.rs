@@ -9,53 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Returns false (after printing why) when the test cannot run here: it
-/// needs root. Under CI a missing prerequisite is a failure instead.
+/// Returns false (after printing why) when the test cannot run here (it
+/// needs root, cgroups, overlayfs, hiber-init). Under CI a missing
+/// prerequisite is a failure instead.
 pub fn can_run(test: &str) -> bool {
-    let root = nix_is_root();
-    let init = Path::new(env!("CARGO_BIN_EXE_hiber")).with_file_name("hiber-init").is_file();
-    let reason = if !root {
-        "needs root (namespaces, mounts, cgroups)"
-    } else if !init {
-        "needs hiber-init built next to hiber (cargo build --workspace)"
-    } else {
-        return true;
-    };
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: {reason}, and CI is set: a missing prerequisite is a failure");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    false
+    hiber_sandbox::preflight::require(test, hiber_sandbox::preflight::SANDBOXES)
 }
 
 /// Like [`can_run`], and CRIU (>= 4.2) must be installed.
 pub fn can_snapshot(test: &str) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    let criu = std::process::Command::new(env!("CARGO_BIN_EXE_hiber")).args(["check", "--json"]).output();
-    let ok = criu
-        .ok()
-        .and_then(|o| serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).ok())
-        .map(|checks| checks.iter().any(|c| c["what"] == "criu" && c["ok"] == true))
-        .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: needs CRIU >= 4.2 (scripts/setup.sh), and CI is set: a missing prerequisite is a failure");
-    }
-    eprintln!("SKIP {test}: needs CRIU >= 4.2 (run scripts/setup.sh)");
-    false
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false)
+    hiber_sandbox::preflight::require(test, hiber_sandbox::preflight::SNAPSHOTS)
 }
 
 /// A private hiber home for one test.

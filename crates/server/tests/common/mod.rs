@@ -17,42 +17,12 @@ use serde_json::Value;
 /// Returns false (after printing why) when the test cannot run here. Under
 /// CI a missing prerequisite is a failure instead.
 pub fn can_run(test: &str) -> bool {
-    let reason = if !is_root() {
-        "needs root (namespaces, mounts, cgroups)"
-    } else if hiber_sandbox::init_layer::locate_binary().is_err() {
-        "needs hiber-init built (cargo build --workspace)"
-    } else {
-        return true;
-    };
-    skip(test, reason)
+    hiber_sandbox::preflight::require(test, hiber_sandbox::preflight::SANDBOXES)
 }
 
 /// Like [`can_run`], and CRIU (>= 4.2) must be installed.
 pub fn can_snapshot(test: &str) -> bool {
-    if !can_run(test) {
-        return false;
-    }
-    if hiber_sandbox::criu::Criu::locate().is_ok() {
-        return true;
-    }
-    skip(test, "needs CRIU >= 4.2 (run scripts/setup.sh)")
-}
-
-fn skip(test: &str, reason: &str) -> bool {
-    if std::env::var_os("CI").is_some() {
-        panic!("{test}: {reason}, and CI is set: a missing prerequisite is a failure");
-    }
-    eprintln!("SKIP {test}: {reason}");
-    false
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        .unwrap_or(false)
+    hiber_sandbox::preflight::require(test, hiber_sandbox::preflight::SNAPSHOTS)
 }
 
 /// A running server on a private home.

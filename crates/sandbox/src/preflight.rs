@@ -1,0 +1,69 @@
+//! Can this machine run sandboxes (and snapshot them)? The checks behind
+//! `hiber check`, and the prerequisites of the end-to-end tests.
+
+use serde::Serialize;
+
+use crate::cgroup::Hierarchy;
+use crate::criu::Criu;
+use crate::init_layer;
+
+/// One prerequisite and whether it is met.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What is checked: `root`, `overlayfs`, `cgroups`, `hiber-init` or `criu`.
+    pub what: &'static str,
+    /// Whether it is there.
+    pub ok: bool,
+    /// What was found, or what is missing and how to get it.
+    pub detail: String,
+}
+
+fn check<T, E: std::fmt::Display>(what: &'static str, found: Result<T, E>, detail: impl Fn(T) -> String) -> Check {
+    match found {
+        Ok(v) => Check { what, ok: true, detail: detail(v) },
+        Err(e) => Check { what, ok: false, detail: e.to_string() },
+    }
+}
+
+/// Everything sandboxes need, in order; `criu` only matters for snapshots.
+pub fn checks() -> Vec<Check> {
+    let root = nix::unistd::Uid::effective().is_root();
+    let overlay = std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay");
+    vec![
+        Check { what: "root", ok: root, detail: if root { "running as root".into() } else { "hiber needs root".into() } },
+        Check {
+            what: "overlayfs",
+            ok: overlay,
+            detail: if overlay { "available".into() } else { "not in /proc/filesystems".into() },
+        },
+        check("cgroups", Hierarchy::detect(), |h| match h {
+            Hierarchy::V1(_) => "cgroup v1 (memory, cpu, pids, freezer)".into(),
+            Hierarchy::V2(root) => format!("cgroup v2 at {}", root.display()),
+        }),
+        check("hiber-init", init_layer::locate_binary(), |p| p.display().to_string()),
+        check("criu", Criu::locate(), |c| format!("{} at {}", c.version, c.path.display())),
+    ]
+}
+
+/// For test harnesses: true when every check of `needs` passes. Otherwise
+/// prints why `test` is skipped and returns false, or, when the environment
+/// variable `CI` is set, panics: there a missing prerequisite is a failure.
+pub fn require(test: &str, needs: &[&str]) -> bool {
+    let missing: Vec<String> =
+        checks().into_iter().filter(|c| needs.contains(&c.what) && !c.ok).map(|c| format!("{}: {}", c.what, c.detail)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let reason = missing.join("; ");
+    if std::env::var_os("CI").is_some() {
+        panic!("{test}: missing prerequisite ({reason}), and CI is set: a missing prerequisite is a failure");
+    }
+    eprintln!("SKIP {test}: {reason}");
+    false
+}
+
+/// What running sandboxes needs.
+pub const SANDBOXES: &[&str] = &["root", "overlayfs", "cgroups", "hiber-init"];
+
+/// What snapshots need on top.
+pub const SNAPSHOTS: &[&str] = &["root", "overlayfs", "cgroups", "hiber-init", "criu"];
