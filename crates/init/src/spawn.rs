@@ -226,6 +226,9 @@ fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
     strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(ptr::null())).collect()
 }
 
+/// The OOM score adjustment of every process hiber-init starts (best effort).
+const OOM_SCORE_ADJ: &[u8] = b"100";
+
 /// Raw pointers and fds the forked child works from.
 struct ChildSetup {
     program: Option<*const c_char>,
@@ -261,6 +264,15 @@ impl ChildSetup {
 
             if libc::setsid() < 0 {
                 self.fail(Stage::Setup);
+            }
+            // Every process of the sandbox ranks above hiber-init for the
+            // OOM killer (raising needs no privilege; lowering init would):
+            // when memory runs out, the sandbox's own processes die, not its
+            // PID 1, which would take the whole sandbox along.
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if adj >= 0 {
+                libc::write(adj, OOM_SCORE_ADJ.as_ptr().cast(), OOM_SCORE_ADJ.len());
+                libc::close(adj);
             }
             for (target, &fd) in self.fds.iter().enumerate() {
                 let target = target as RawFd;
