@@ -65,15 +65,20 @@ fn sandbox_sees_only_its_own_processes_files_and_loopback() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].starts_with("/.hiber/init"), "PID 1 is hiber-init: {}", lines[0]);
+    // The host runs well over a hundred processes; inside: init, sh and the
+    // pipeline (plus, under load, one not yet reaped).
     let pids: usize = lines[1].parse().unwrap();
-    assert!(pids <= 4, "only init, sh and its children are visible, saw {pids}");
+    assert!(pids <= 6, "only init, sh and its children are visible, saw {pids}");
     assert!(!r.stdout.contains("LEAK"), "host file visible inside");
     assert!(!r.stdout.contains("var/tmp") && !r.stdout.lines().any(|l| l == "work"), "host dirs visible: {}", r.stdout);
     let links: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with(' ')).map(str::trim).collect();
     assert_eq!(links, ["lo"], "only loopback: {}", r.stdout);
     assert_eq!(lines.last().unwrap().trim(), "0", "no routes: {}", r.stdout);
     // Loopback is up and usable.
-    let r = home.run(&["run", "busybox", "sh", "-c", "nc -l -p 9000 > /tmp/got & sleep 0.2; echo ping | nc 127.0.0.1 9000; sleep 0.2; cat /tmp/got"]);
+    let script = "nc -l -p 9000 > /tmp/got & \
+        for i in $(seq 50); do echo ping | nc 127.0.0.1 9000 2>/dev/null && break; sleep 0.1; done; \
+        wait; cat /tmp/got";
+    let r = home.run(&["run", "busybox", "sh", "-c", script]);
     assert_eq!(r.stdout.trim(), "ping", "{}", r.stderr);
 }
 
