@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 use hiber_proto::{Frame, FrameError, ProcessSpec, Reply, Request, TtySize};
 use hiber_sandbox::client::ClientError;
-use hiber_sandbox::InitConnection;
+use hiber_sandbox::{InitConnection, SandboxError};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -53,7 +53,14 @@ fn terminal_size() -> Option<TtySize> {
 
 /// Runs `process` under exec id `id` through `conn` with the caller's
 /// stdio attached; returns the process's exit code.
-pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessSpec, stdin: bool) -> Result<i32> {
+pub fn exec(
+    mut conn: InitConnection,
+    reconnect: &dyn Fn() -> Result<InitConnection, SandboxError>,
+    init_pid: i32,
+    id: &str,
+    process: ProcessSpec,
+    stdin: bool,
+) -> Result<i32> {
     let tty = process.tty;
     let size = if tty { terminal_size() } else { None };
     let request = Request::Exec { id: id.into(), process, stdin, size };
@@ -92,7 +99,7 @@ pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessS
                 // the host): once the sandbox answers again, re-attach by the
                 // same id; the output kept meanwhile comes first, and the
                 // command does not run twice.
-                conn = reattach(init_pid, &request)?;
+                conn = reattach(reconnect, &request)?;
                 *writer.lock().map_err(|_| anyhow::anyhow!("a relay thread panicked"))? = conn.try_clone()?;
                 conn.set_timeout(Some(FIRST_REPLY))?;
             }
@@ -115,18 +122,21 @@ pub fn exec(mut conn: InitConnection, init_pid: i32, id: &str, process: ProcessS
     }
 }
 
-/// Connects again and repeats `request` (an exec by id: a re-attach) until
-/// the sandbox answers; fails once the sandbox's init is gone.
-fn reattach(init_pid: i32, request: &Request) -> Result<InitConnection> {
+/// Connects again (waiting out a snapshot under way) and repeats `request`
+/// (an exec by id: a re-attach); fails once the sandbox is not running.
+fn reattach(reconnect: &dyn Fn() -> Result<InitConnection, SandboxError>, request: &Request) -> Result<InitConnection> {
     let deadline = std::time::Instant::now() + REATTACH;
     loop {
-        if hiber_sandbox::state::process_start(init_pid).is_none() {
-            bail!("the sandbox stopped while the command ran (suspended by a snapshot?)");
-        }
-        if let Ok(mut conn) = InitConnection::open(init_pid) {
-            if conn.request(request).is_ok() {
-                return Ok(conn);
+        match reconnect() {
+            Ok(mut conn) => {
+                if conn.request(request).is_ok() {
+                    return Ok(conn);
+                }
             }
+            Err(SandboxError::NotRunning(_)) => {
+                bail!("the sandbox stopped while the command ran (suspended by a snapshot?)")
+            }
+            Err(_) => {}
         }
         if std::time::Instant::now() > deadline {
             bail!("lost the connection to the sandbox and could not re-attach within {}s", REATTACH.as_secs());

@@ -74,12 +74,9 @@ fn sandbox_sees_only_its_own_processes_files_and_loopback() {
     let links: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with(' ')).map(str::trim).collect();
     assert_eq!(links, ["lo"], "only loopback: {}", r.stdout);
     assert_eq!(lines.last().unwrap().trim(), "0", "no routes: {}", r.stdout);
-    // Loopback is up and usable.
-    let script = "nc -l -p 9000 > /tmp/got & \
-        for i in $(seq 50); do echo ping | nc 127.0.0.1 9000 2>/dev/null && break; sleep 0.1; done; \
-        wait; cat /tmp/got";
-    let r = home.run(&["run", "busybox", "sh", "-c", script]);
-    assert_eq!(r.stdout.trim(), "ping", "{}", r.stderr);
+    // Loopback is up and usable (the TCP tests of snapshots use it too).
+    let r = home.run(&["run", "busybox", "ping", "-c", "1", "-W", "5", "127.0.0.1"]);
+    assert!(r.code == 0 && r.stdout.contains("1 packets received"), "{} {}", r.stdout, r.stderr);
 }
 
 #[test]

@@ -62,6 +62,11 @@ impl ContainerBackend {
         pending.write_journal(&journal)?;
         pending.share_lock_with_children();
 
+        // Host connections wait while this is held (see `connect`): none can
+        // slip in between the detach and the dump.
+        let lock = dir.snapshot_lock();
+        let _snapshotting = crate::lock::lock(&lock, crate::lock::Mode::Exclusive)
+            .map_err(|source| SandboxError::Io { path: lock, source })?;
         self.detach_clients(&record)?;
         let cgroup = self.cgroup(&record);
         cgroup.set_frozen(true)?;

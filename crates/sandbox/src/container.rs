@@ -357,7 +357,13 @@ impl Backend for ContainerBackend {
     }
 
     fn connect(&self, key: &str) -> Result<InitConnection, SandboxError> {
-        let info = self.find(key)?;
+        let id = self.find(key)?.record.id;
+        // A snapshot under way holds this lock from before it detaches the
+        // host's connections until the sandbox is thawed or gone: wait for
+        // it, then look again.
+        let lock = self.runtime.dir(&id).snapshot_lock();
+        drop(crate::lock::lock(&lock, crate::lock::Mode::Shared).map_err(|source| SandboxError::Io { path: lock, source })?);
+        let info = self.find(&id)?;
         if !info.status.is_running() {
             return Err(SandboxError::NotRunning(info.record.id));
         }

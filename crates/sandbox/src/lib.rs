@@ -11,6 +11,7 @@ pub mod client;
 pub mod container;
 pub mod criu;
 pub mod init_layer;
+pub mod lock;
 pub mod overlay;
 pub mod preflight;
 pub mod runtime;

@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::state::{read_json, SandboxRecord};
@@ -60,6 +59,11 @@ impl SandboxDir {
     pub fn rootfs(&self) -> PathBuf {
         self.0.join("rootfs")
     }
+    /// Held exclusively while a snapshot is taken; host connections wait
+    /// for it (a connection open in the sandbox would spoil the dump).
+    pub fn snapshot_lock(&self) -> PathBuf {
+        self.0.join("snapshot.lock")
+    }
     /// The shim's own diagnostics.
     pub fn shim_log(&self) -> PathBuf {
         self.0.join("shim.log")
@@ -90,17 +94,10 @@ impl Runtime {
     /// Takes the lock that serialises creating and removing sandboxes.
     pub fn lock(&self) -> Result<Lock, RuntimeError> {
         let path = self.root.join(".lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| RuntimeError::Io { path: path.clone(), source })?;
-        // SAFETY: flock on a valid fd owned by `file`, which the Lock keeps open.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(RuntimeError::Io { path, source: io::Error::last_os_error() });
+        match crate::lock::lock(&path, crate::lock::Mode::Exclusive) {
+            Ok(file) => Ok(Lock(file.expect("a blocking lock"))),
+            Err(source) => Err(RuntimeError::Io { path, source }),
         }
-        Ok(Lock(file))
     }
 
     /// Every sandbox with a readable record, oldest first.

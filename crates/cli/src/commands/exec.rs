@@ -14,5 +14,6 @@ pub fn exec(home: &Path, args: ExecArgs) -> Result<i32> {
     let backend = backend(home)?;
     let info = backend.find(&args.sandbox)?;
     let conn = backend.connect(&info.record.id)?;
-    attach::exec(conn, info.record.init_pid, &exec_id(), process, args.process.interactive)
+    let reconnect = || backend.connect(&info.record.id);
+    attach::exec(conn, &reconnect, info.record.init_pid, &exec_id(), process, args.process.interactive)
 }

@@ -38,10 +38,10 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     // Attached: like `docker run --rm`.
-    let result = backend
-        .connect(&id)
+    let reconnect = || backend.connect(&id);
+    let result = reconnect()
         .map_err(anyhow::Error::from)
-        .and_then(|conn| attach::exec(conn, info.record.init_pid, &exec_id(), process, args.process.interactive));
+        .and_then(|conn| attach::exec(conn, &reconnect, info.record.init_pid, &exec_id(), process, args.process.interactive));
     let removed = backend.remove(&id, true);
     let code = result?;
     removed?;

@@ -122,19 +122,7 @@ pub struct Leftover {
 }
 
 fn try_lock(path: &Path, wait: bool) -> io::Result<Option<File>> {
-    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-    let mode = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-    // SAFETY: flock on a descriptor `file` owns.
-    if unsafe { libc::flock(file.as_raw_fd(), mode) } == 0 {
-        Ok(Some(file))
-    } else {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            Ok(None)
-        } else {
-            Err(e)
-        }
-    }
+    crate::lock::lock(path, if wait { crate::lock::Mode::Exclusive } else { crate::lock::Mode::TryExclusive })
 }
 
 /// blake3 of a file, streaming.

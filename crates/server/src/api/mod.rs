@@ -5,7 +5,10 @@ mod system;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 
@@ -33,5 +36,21 @@ pub fn router(sessions: Sessions, token: String) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(refuse_announced_oversize))
         .with_state(sessions)
+}
+
+/// Refuses a body announced (by `Content-Length`) above [`BODY_LIMIT`]
+/// before reading any of it; bodies of unknown length are cut at the limit
+/// as they are read.
+async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(length) if length > BODY_LIMIT as u64 => ApiError::TooLarge(BODY_LIMIT).into_response(),
+        _ => next.run(request).await,
+    }
 }

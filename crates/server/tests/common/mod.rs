@@ -56,7 +56,10 @@ impl TestServer {
             token: String::new(),
             runtime: None,
             stop: None,
-            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build(),
+            // A fresh connection per request: the server closes a connection
+            // after an error whose body it did not read, and a pooled one
+            // would then fail the next request with an EOF.
+            agent: ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).max_idle_connections(0).build(),
         };
         server.boot();
         server
