@@ -10,14 +10,15 @@ use serde_json::{json, Value};
 use crate::cli::{SessionArgs, SessionCommand};
 use crate::format;
 
-/// The server's URL and token.
-struct Client {
+/// A blocking client of `hiber serve`: its URL and token.
+pub(crate) struct Client {
     server: String,
     token: String,
     agent: ureq::Agent,
 }
 
 impl Client {
+    /// A client of `server` with the token of `home` (or `$HIBER_TOKEN`).
     fn new(home: &Path, server: &str) -> Result<Client> {
         let path = home.join(hiber_server::auth::TOKEN_FILE);
         let token = match std::env::var("HIBER_TOKEN") {
@@ -27,17 +28,24 @@ impl Client {
                 .trim()
                 .to_string(),
         };
-        Ok(Client { server: server.trim_end_matches('/').to_string(), token, agent: ureq::AgentBuilder::new().build() })
+        Ok(Client::with_token(server, token, None))
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        self.agent
+    /// A client of `server` with `token`; `timeout` bounds each request.
+    pub(crate) fn with_token(server: &str, token: String, timeout: Option<std::time::Duration>) -> Client {
+        let mut agent = ureq::AgentBuilder::new();
+        if let Some(timeout) = timeout {
+            agent = agent.timeout(timeout);
+        }
+        Client { server: server.trim_end_matches('/').to_string(), token, agent: agent.build() }
+    }
+
+    /// Sends a request; an API error becomes one line with its message.
+    pub(crate) fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<ureq::Response> {
+        let request = self
+            .agent
             .request(method, &format!("{}{path}", self.server))
-            .set("Authorization", &format!("Bearer {}", self.token))
-    }
-
-    /// Sends the request; turns an API error into its message.
-    fn call(&self, request: ureq::Request, body: Option<Value>) -> Result<ureq::Response> {
+            .set("Authorization", &format!("Bearer {}", self.token));
         let result = match body {
             Some(body) => request.send_json(body),
             None => request.call(),
@@ -47,14 +55,16 @@ impl Client {
             Err(ureq::Error::Status(code, response)) => {
                 let body: Value = response.into_json().unwrap_or(Value::Null);
                 let message = body["error"]["message"].as_str().unwrap_or("no details").to_string();
-                bail!("{message} (HTTP {code})")
+                bail!("{method} {path}: {message} (HTTP {code})")
             }
             Err(e) => Err(anyhow!("cannot reach hiber serve at {}: {e}", self.server)),
         }
     }
 
-    fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        Ok(self.call(self.request(method, path), body)?.into_json()?)
+    /// A request's JSON answer (`null` for an empty body).
+    pub(crate) fn json(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let text = self.send(method, path, body)?.into_string()?;
+        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
     }
 }
 
@@ -110,7 +120,7 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
         }
         SessionCommand::Send { id, message, json } => {
             let content: Value = if json { serde_json::from_str(&message).context("the message is not JSON")? } else { Value::String(message) };
-            let response = client.call(client.request("POST", &format!("/v1/sessions/{id}/messages")), Some(json!({"content": content})))?;
+            let response = client.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
             events(response.into_reader(), |event, data| {
                 match event {
                     "entry" => {
@@ -156,7 +166,7 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
         }
         SessionCommand::Log { id, after, follow, json } => {
             if follow {
-                let response = client.call(client.request("GET", &format!("/v1/sessions/{id}/context/stream?after={after}")), None)?;
+                let response = client.send("GET", &format!("/v1/sessions/{id}/context/stream?after={after}"), None)?;
                 events(response.into_reader(), |event, data| {
                     if event == "entry" {
                         writeln!(out, "{}", entry_line(&serde_json::from_str(data)?, json))?;
@@ -179,7 +189,7 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
         }
         SessionCommand::Rm { ids } => {
             for id in ids {
-                client.call(client.request("DELETE", &format!("/v1/sessions/{id}")), None)?;
+                client.send("DELETE", &format!("/v1/sessions/{id}"), None)?;
                 writeln!(out, "{id}")?;
             }
         }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::ensure_image;
-use crate::commands::session::events;
+use crate::commands::session::{events, Client};
 use crate::format;
 use crate::peers::{median, percentile};
 
@@ -148,8 +148,7 @@ pub fn session(home: &Path, rounds: usize, json: bool) -> Result<i32> {
 /// benchmark made (deleted, and the server stopped, on drop).
 struct BenchServer {
     addr: SocketAddr,
-    token: String,
-    agent: ureq::Agent,
+    client: Client,
     sessions: std::cell::RefCell<Vec<String>>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -170,57 +169,26 @@ impl BenchServer {
         }));
         let server = BenchServer {
             addr,
-            token,
-            agent: ureq::AgentBuilder::new().timeout(LIMIT).build(),
+            client: Client::with_token(&format!("http://{addr}"), token, Some(LIMIT)),
             sessions: Default::default(),
             runtime: Some(runtime),
             stop: Some(stop),
         };
         // Sessions left by an interrupted run were resumed by the server: remove them.
-        let left = server.call("GET", "/v1/sessions", None)?;
+        let left = server.client.json("GET", "/v1/sessions", None)?;
         for s in left["sessions"].as_array().into_iter().flatten() {
             if let Some(id) = s["id"].as_str() {
                 eprintln!("bench: removing session {id} left by an earlier run");
-                server.call("DELETE", &format!("/v1/sessions/{id}"), None)?;
+                server.client.json("DELETE", &format!("/v1/sessions/{id}"), None)?;
             }
         }
         Ok(server)
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
-        self.agent
-            .request(method, &format!("http://{}{path}", self.addr))
-            .set("Authorization", &format!("Bearer {}", self.token))
-    }
-
-    /// Sends a request; an API error becomes its message.
-    fn send(&self, method: &str, path: &str, body: Option<Value>) -> Result<ureq::Response> {
-        let request = self.request(method, path);
-        let result = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
-        };
-        match result {
-            Ok(response) => Ok(response),
-            Err(ureq::Error::Status(code, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
-                let message = body["error"]["message"].as_str().unwrap_or("no details").to_string();
-                bail!("{method} {path}: {message} (HTTP {code})")
-            }
-            Err(e) => Err(anyhow!("{method} {path}: {e}")),
-        }
-    }
-
-    /// A request's JSON answer (`null` for an empty body).
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let text = self.send(method, path, body)?.into_string()?;
-        Ok(if text.is_empty() { Value::Null } else { serde_json::from_str(&text)? })
-    }
-
     /// Creates an agent session (removed when the server is dropped).
     fn create(&self, idle_timeout_s: u64) -> Result<String> {
         let body = json!({"image": "debian", "command": ["python3", "-c", AGENT], "idle_timeout_s": idle_timeout_s});
-        let session = self.call("POST", "/v1/sessions", Some(body))?;
+        let session = self.client.json("POST", "/v1/sessions", Some(body))?;
         let id = session["id"].as_str().ok_or_else(|| anyhow!("the new session has no id: {session}"))?.to_string();
         self.sessions.borrow_mut().push(id.clone());
         Ok(id)
@@ -230,7 +198,7 @@ impl BenchServer {
     fn wait_state(&self, id: &str, state: &str) -> Result<Value> {
         let started = Instant::now();
         loop {
-            let session = self.call("GET", &format!("/v1/sessions/{id}"), None)?;
+            let session = self.client.json("GET", &format!("/v1/sessions/{id}"), None)?;
             if session["state"] == state {
                 return Ok(session);
             }
@@ -245,7 +213,7 @@ impl BenchServer {
     /// `done`.
     fn turn(&self, id: &str, content: &str) -> Result<TurnTimes> {
         let started = Instant::now();
-        let response = self.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
+        let response = self.client.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
         let (mut user, mut first, mut done) = (None, None, None);
         events(response.into_reader(), |event, data| match event {
             "entry" => {
@@ -275,7 +243,7 @@ impl BenchServer {
 
     /// The server's restores so far: (count, total seconds).
     fn restores(&self) -> Result<(u64, f64)> {
-        let text = self.send("GET", "/metrics", None)?.into_string()?;
+        let text = self.client.send("GET", "/metrics", None)?.into_string()?;
         let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
         let count = value("hiber_restore_seconds_count").ok_or_else(|| anyhow!("/metrics has no restore count"))?;
         Ok((count as u64, value("hiber_restore_seconds_sum").unwrap_or(0.0)))
@@ -292,7 +260,7 @@ impl BenchServer {
             if suspend {
                 self.wait_state(&id, "suspended")?;
             } else {
-                let state = self.call("GET", &format!("/v1/sessions/{id}"), None)?["state"].clone();
+                let state = self.client.json("GET", &format!("/v1/sessions/{id}"), None)?["state"].clone();
                 ensure!(state == "idle" || state == "running", "the running session is {state}");
             }
             let times = self.turn(&id, &format!("message {round}")).with_context(|| format!("message {round}"))?;
@@ -315,7 +283,7 @@ impl BenchServer {
     }
 
     fn delete(&self, id: &str) -> Result<()> {
-        self.send("DELETE", &format!("/v1/sessions/{id}"), None)?;
+        self.client.send("DELETE", &format!("/v1/sessions/{id}"), None)?;
         self.sessions.borrow_mut().retain(|s| s != id);
         Ok(())
     }
