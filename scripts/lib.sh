@@ -66,6 +66,21 @@ apt_install() {
 	}
 }
 
+# on_tmpfs DIR: whether DIR exists on a tmpfs (so it does not outlive a reboot).
+on_tmpfs() { [[ -d $1 && $(stat -f -c %T "$1") == tmpfs ]]; }
+
+# ensure_tmpfs DIR SOURCE OPTIONS WHAT: mounts a tmpfs (named SOURCE, with OPTIONS) on DIR unless
+# DIR is on one already; what a previous boot left in DIR is removed first, as it must not be
+# mistaken for live state.
+ensure_tmpfs() {
+	local dir=$1 source=$2 options=$3 what=$4
+	on_tmpfs "$dir" && return 0
+	mkdir -p "$dir"
+	find "$dir" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+	log "mounting a tmpfs on $dir ($what) ..."
+	mount -t tmpfs -o "$options" "$source" "$dir" || die "cannot mount a tmpfs on $dir"
+}
+
 # run_main ARGS: --help, --check, or (as root, on Debian, holding $CACHE/.lock) install.
 run_main() {
 	case ${1:-} in

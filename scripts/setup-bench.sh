@@ -147,18 +147,11 @@ sync_files() {
 
 # ---------------------------------------------------------------- run-state tmpfs
 
-run_ok() { [[ -e $RUN_MARK && $(stat -f -c %T "$RUN") == tmpfs ]]; }
+run_ok() { [[ -e $RUN_MARK ]] && on_tmpfs "$RUN"; }
 
 ensure_run_tmpfs() {
 	run_ok && return 0
-	mkdir -p "$RUN"
-	if [[ $(stat -f -c %T "$RUN") != tmpfs ]]; then
-		# Left-overs of a run state that outlived a reboot must not be mistaken for live state.
-		find "$RUN" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-		log "mounting a tmpfs on $RUN (Podman's run state) ..."
-		mount -t tmpfs -o mode=0700,size=64m,nosuid,nodev hiber-bench "$RUN" ||
-			die "cannot mount a tmpfs on $RUN"
-	fi
+	ensure_tmpfs "$RUN" hiber-bench mode=0700,size=64m,nosuid,nodev "Podman's run state"
 	touch "$RUN_MARK"
 }
 

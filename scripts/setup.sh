@@ -315,16 +315,10 @@ ensure_criu() {
 
 # ---------------------------------------------------------------- kdat tmpfs
 
-kdat_ok() { [[ -d $KDAT_DIR && $(stat -f -c %T "$KDAT_DIR") == tmpfs ]]; }
+kdat_ok() { on_tmpfs "$KDAT_DIR"; }
 
 ensure_kdat_dir() {
-	kdat_ok && return 0
-	mkdir -p "$KDAT_DIR"
-	if [[ $(stat -f -c %T "$KDAT_DIR") != tmpfs ]]; then
-		log "mounting a tmpfs on $KDAT_DIR (CRIU's kernel-feature cache) ..."
-		mount -t tmpfs -o mode=0700,size=1m,nosuid,nodev,noexec hiber-criu "$KDAT_DIR" ||
-			die "cannot mount a tmpfs on $KDAT_DIR"
-	fi
+	ensure_tmpfs "$KDAT_DIR" hiber-criu mode=0700,size=1m,nosuid,nodev,noexec "CRIU's kernel-feature cache"
 }
 
 # ---------------------------------------------------------------- modes
