@@ -126,12 +126,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn spec(argv: &[&str]) -> ProcessSpec {
-        ProcessSpec {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            env: Vec::new(),
-            cwd: String::new(),
-            tty: false,
-        }
+        ProcessSpec::command(argv.iter().copied())
     }
 
     #[test]

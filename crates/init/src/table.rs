@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     fn spec() -> ProcessSpec {
-        ProcessSpec { argv: vec!["true".into()], env: Vec::new(), cwd: String::new(), tty: false }
+        ProcessSpec::command(["true"])
     }
 
     #[test]

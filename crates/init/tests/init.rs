@@ -112,12 +112,7 @@ fn control(frame: Frame) -> Reply {
 }
 
 fn spec(argv: &[&str]) -> ProcessSpec {
-    ProcessSpec {
-        argv: argv.iter().map(|s| s.to_string()).collect(),
-        env: Vec::new(),
-        cwd: String::new(),
-        tty: false,
-    }
+    ProcessSpec::command(argv.iter().copied())
 }
 
 fn exec(id: &str, process: ProcessSpec) -> Request {

@@ -19,6 +19,13 @@ pub struct ProcessSpec {
     pub tty: bool,
 }
 
+impl ProcessSpec {
+    /// A plain command: the default environment, `/` as working directory, no terminal.
+    pub fn command<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> ProcessSpec {
+        ProcessSpec { argv: argv.into_iter().map(Into::into).collect(), env: Vec::new(), cwd: String::new(), tty: false }
+    }
+}
+
 /// Terminal size in character cells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TtySize {

@@ -118,7 +118,7 @@ impl Shared {
             image: image.name.clone(),
             lowers: images.lower_dirs(&image),
             limits: Default::default(),
-            main: Some(ProcessSpec { argv: record.command.clone(), env, cwd: String::new(), tty: false }),
+            main: Some(ProcessSpec { env, ..ProcessSpec::command(record.command.clone()) }),
         };
         self.blocking(move |b| b.create(spec)).await
     }

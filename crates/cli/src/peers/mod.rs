@@ -73,7 +73,7 @@ impl Workload {
 
     /// The workload as a sandbox's main process.
     pub fn process(self) -> ProcessSpec {
-        ProcessSpec { argv: self.argv(), env: vec![], cwd: String::new(), tty: false }
+        ProcessSpec::command(self.argv())
     }
 
     /// The port the workload answers on, if it serves the counter.

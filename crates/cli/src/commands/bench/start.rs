@@ -30,7 +30,7 @@ struct StartResult {
 fn one_start(backend: &ContainerBackend, spec: &SandboxSpec) -> Result<Duration> {
     let started = Instant::now();
     let info = backend.create(spec.clone())?;
-    let process = ProcessSpec { argv: vec!["true".into()], env: vec![], cwd: String::new(), tty: false };
+    let process = ProcessSpec::command(["true"]);
     let ran = InitConnection::run(info.record.init_pid, "bench", process);
     backend.remove(&info.record.id, true)?;
     let out = ran?;
