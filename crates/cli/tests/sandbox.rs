@@ -85,8 +85,11 @@ fn memory_limit_kills_an_oversized_allocation_not_the_sandbox() {
     let home = Home::new();
     home.busybox();
     let id = home.detached(&["--memory", "32M", "busybox", "sleep", "1000"]);
-    // `tail -n 1` keeps its whole (newline-free) input in memory.
-    let grow = "head -c 209715200 /dev/zero | tail -n 1 >/dev/null; echo rc=$?";
+    // `tail -n 1` keeps its whole (newline-free) input in memory. The
+    // allocating shell ranks itself above the main process (`sleep`), which
+    // the OOM killer may otherwise take on a second strike, ending the
+    // sandbox by design; init (0) stays below everything either way.
+    let grow = "echo 500 > /proc/self/oom_score_adj; head -c 209715200 /dev/zero | tail -n 1 >/dev/null; echo rc=$?";
     for _ in 0..5 {
         let r = home.run(&["exec", &id, "sh", "-c", grow]);
         // The OOM killer takes `tail` (rc=137), or, when it strikes again
