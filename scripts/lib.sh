@@ -1,6 +1,9 @@
+# shellcheck shell=bash
 # Shared by hiber's set-up scripts; sourced, not run. The sourcing script sets
 # NAME (its log prefix) and CACHE (its cache directory), defines `usage`,
-# `check_only` and `install`, and ends with `run_main "$@"`.
+# `check_only` and `set_up`, and ends with `run_main "$@"`. No function here or
+# there may be named like a command (scripts/lint.sh checks): a function named
+# `install` once made every `install -d` re-run the whole set-up.
 #
 # Packages are installed with apt-get --no-install-recommends and never by
 # upgrading or removing an installed package (HIBER_SETUP_ALLOW_UPGRADES=1
@@ -14,6 +17,16 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 APT_OPTS=(-q -o DPkg::Lock::Timeout=300 -o APT::Get::Upgrade-By-Source-Package=false)
 
 log() { printf '%s: %s\n' "$NAME" "$*" >&2; }
+
+# step WHAT FUNCTION [ARGS...]: runs FUNCTION, then logs one line: WHAT, what came of it (the
+# function may set STEP_NOTE, e.g. "present" or "installed x y"), and how long it took.
+step() {
+	local what=$1 t0=$EPOCHREALTIME
+	shift
+	STEP_NOTE="done"
+	"$@" || die "$what failed"
+	log "$what: $STEP_NOTE ($(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f s", b - a }'))"
+}
 die() {
 	printf '%s: error: %s\n' "$NAME" "$*" >&2
 	exit 1
@@ -35,7 +48,6 @@ APT_UPDATED=0
 apt_update_once() {
 	((APT_UPDATED)) && return 0
 	APT_UPDATED=1
-	log "apt-get update ..."
 	local out
 	if ! out=$(apt-get "${APT_OPTS[@]}" update 2>&1); then
 		printf '%s\n' "$out" | tail -n 5 >&2
@@ -47,7 +59,10 @@ apt_update_once() {
 apt_install() {
 	local -a need
 	mapfile -t need < <(missing_pkgs "$@")
-	((${#need[@]})) || return 0
+	if ((${#need[@]} == 0)); then
+		STEP_NOTE=present
+		return 0
+	fi
 	apt_update_once
 	local sim changes out
 	sim=$(apt-get "${APT_OPTS[@]}" install -s -y --no-install-recommends "${need[@]}" 2>&1) || {
@@ -59,11 +74,11 @@ apt_install() {
 	if [[ -n $changes && ${HIBER_SETUP_ALLOW_UPGRADES:-0} != 1 ]]; then
 		die "installing ${need[*]} would upgrade or remove installed host packages (${changes% }); refusing (set HIBER_SETUP_ALLOW_UPGRADES=1 to allow)"
 	fi
-	log "installing ${need[*]} ..."
 	out=$(apt-get "${APT_OPTS[@]}" install -y --no-install-recommends "${need[@]}" 2>&1) || {
 		printf '%s\n' "$out" | tail -n 20 >&2
 		die "apt-get install failed: ${need[*]}"
 	}
+	STEP_NOTE="installed ${need[*]}"
 }
 
 # on_tmpfs DIR: whether DIR exists on a tmpfs (so it does not outlive a reboot).
@@ -74,14 +89,17 @@ on_tmpfs() { [[ -d $1 && $(stat -f -c %T "$1") == tmpfs ]]; }
 # mistaken for live state.
 ensure_tmpfs() {
 	local dir=$1 source=$2 options=$3 what=$4
-	on_tmpfs "$dir" && return 0
+	if on_tmpfs "$dir"; then
+		STEP_NOTE="present on $dir"
+		return 0
+	fi
 	mkdir -p "$dir"
 	find "$dir" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-	log "mounting a tmpfs on $dir ($what) ..."
-	mount -t tmpfs -o "$options" "$source" "$dir" || die "cannot mount a tmpfs on $dir"
+	mount -t tmpfs -o "$options" "$source" "$dir" || die "cannot mount a tmpfs on $dir ($what)"
+	STEP_NOTE="mounted on $dir"
 }
 
-# run_main ARGS: --help, --check, or (as root, on Debian, holding $CACHE/.lock) install.
+# run_main ARGS: --help, --check, or (as root, on Debian, holding $CACHE/.lock) set_up.
 run_main() {
 	case ${1:-} in
 	-h | --help)
@@ -103,5 +121,5 @@ run_main() {
 	mkdir -p "$CACHE"
 	exec 9>"$CACHE/.lock"
 	flock 9 || die "cannot lock $CACHE/.lock"
-	install
+	set_up
 }

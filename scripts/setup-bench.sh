@@ -28,12 +28,13 @@ set -euo pipefail
 set -E
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-CRIU_BIN=/opt/hiber/bin/criu
-DIR=/opt/hiber/podman
+PREFIX=${HIBER_PREFIX:-/opt/hiber}
+CRIU_BIN=$PREFIX/bin/criu
+DIR=$PREFIX/podman
 STATE=/var/lib/hiber-bench/podman
 RUN=/run/hiber-bench
 RUN_MARK=$RUN/.tmpfs # exists only on the mounted tmpfs
-CACHE=/var/cache/hiber/setup-bench
+CACHE=${HIBER_SETUP_CACHE:-/var/cache/hiber/setup}-bench
 PKGS=(podman runc)
 
 NAME=setup-bench
@@ -150,7 +151,10 @@ sync_files() {
 run_ok() { [[ -e $RUN_MARK ]] && on_tmpfs "$RUN"; }
 
 ensure_run_tmpfs() {
-	run_ok && return 0
+	if run_ok; then
+		STEP_NOTE="present on $RUN"
+		return 0
+	fi
 	ensure_tmpfs "$RUN" hiber-bench mode=0700,size=64m,nosuid,nodev "Podman's run state"
 	touch "$RUN_MARK"
 }
@@ -188,20 +192,27 @@ check_only() {
 	log "everything present (podman wrapper: $DIR/podman)"
 }
 
-install() {
-	"$HERE/setup.sh" || die "scripts/setup.sh failed"
-	apt_install "${PKGS[@]}"
-	ensure_run_tmpfs
+# Writes the private configuration where it is missing or out of date, and checks that Podman
+# takes it.
+configure_podman() {
 	mkdir -p "$STATE"
 	local -a changed
 	mapfile -t changed < <(sync_files)
-	if ((${#changed[@]})); then
-		log "wrote ${changed[*]}"
-		local out
-		out=$("$DIR/podman" info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}} {{.Store.GraphRoot}}' 2>&1) ||
-			die "podman does not work with the new configuration: $out"
-		log "podman ready: $out"
+	if ((${#changed[@]} == 0)); then
+		STEP_NOTE="up to date in $DIR"
+		return 0
 	fi
+	local out
+	out=$("$DIR/podman" info --format '{{.Host.OCIRuntime.Name}} {{.Host.CgroupManager}} {{.Store.GraphRoot}}' 2>&1) ||
+		die "podman does not work with the new configuration: $out"
+	STEP_NOTE="wrote ${changed[*]}; podman runs with $out"
+}
+
+set_up() {
+	"$HERE/setup.sh" || die "scripts/setup.sh failed"
+	step "packages" apt_install "${PKGS[@]}"
+	step "Podman's run state (tmpfs)" ensure_run_tmpfs
+	step "private Podman configuration" configure_podman
 	log "podman $(/usr/bin/podman --version | awk '{ print $3 }') with runc and criu $("$CRIU_BIN" --version | awk '$1 == "Version:" { print $2; exit }'); use $DIR/podman"
 }
 

@@ -23,15 +23,17 @@
 #
 # Caches: downloads and the build log under /var/cache/hiber/setup/.
 # Environment: HIBER_SETUP_ALLOW_UPGRADES=1 lets apt upgrade installed packages when a
-# needed package requires it (refused by default).
+# needed package requires it (refused by default); HIBER_PREFIX (default /opt/hiber) and
+# HIBER_SETUP_CACHE (default /var/cache/hiber/setup) move the install and the cache (hiber
+# itself looks for CRIU at /opt/hiber/bin/criu unless HIBER_CRIU says otherwise).
 set -euo pipefail
 set -E
 
-PREFIX=/opt/hiber
+PREFIX=${HIBER_PREFIX:-/opt/hiber}
 CRIU_BIN=$PREFIX/bin/criu
 CRIU_MIN=4.2
 KDAT_DIR=/run/hiber/criu
-CACHE=/var/cache/hiber/setup
+CACHE=${HIBER_SETUP_CACHE:-/var/cache/hiber/setup}
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
 BASE_PKGS=(busybox-static debootstrap iptables iproute2 tmux xz-utils curl ca-certificates python3)
@@ -187,7 +189,6 @@ locate_criu_source() {
 	local tmp=$CACHE/sid-index
 	rm -rf "$tmp"
 	mkdir -p "$tmp"
-	log "reading Debian sid's source index ..."
 	local suite
 	for suite in sid unstable; do
 		curl -fsSL --retry 3 --connect-timeout 20 -o "$tmp/InRelease" "$mirror/dists/$suite/InRelease" 2>/dev/null && break
@@ -213,7 +214,6 @@ locate_criu_source() {
 		die "sid has criu $SRC_VERSION, need >= $CRIU_MIN"
 	SRC_URL=$mirror/$dir/$SRC_FILE
 	if ! sha256_ok "$CACHE/$SRC_FILE" "$SRC_SHA256"; then
-		log "downloading $SRC_FILE ..."
 		fetch "$SRC_URL" "$CACHE/$SRC_FILE"
 		sha256_ok "$CACHE/$SRC_FILE" "$SRC_SHA256" || die "$SRC_FILE: checksum mismatch"
 	fi
@@ -276,15 +276,17 @@ build_criu() {
 		tail -n 25 "$CACHE/criu-build.log" >&2
 		die "criu build failed (see $CACHE/criu-build.log)"
 	fi
-	install -d -m 0755 "$PREFIX/bin" "$PREFIX/share/criu"
-	install -m 0755 "$src/criu/criu" "$CRIU_BIN.new"
+	command install -d -m 0755 "$PREFIX/bin" "$PREFIX/share/criu"
+	command install -m 0755 "$src/criu/criu" "$CRIU_BIN.new"
 	mv -f "$CRIU_BIN.new" "$CRIU_BIN"
 	# Keep the runtime libraries even if the build dependencies are removed later.
 	local -a libpkgs
 	mapfile -t libpkgs < <(ldd "$CRIU_BIN" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' |
 		while read -r l; do printf '*/%s/%s\n' "$(basename "$(dirname "$l")")" "$(basename "$l")"; done |
 		xargs -r dpkg -S 2>/dev/null | cut -d: -f1 | sort -u)
-	((${#libpkgs[@]})) && apt-mark manual "${libpkgs[@]}" >/dev/null 2>&1 || true
+	if ((${#libpkgs[@]})); then
+		apt-mark manual "${libpkgs[@]}" >/dev/null 2>&1 || true
+	fi
 	{
 		printf 'criu %s built %s from Debian sid source %s (sha256 %s)\n' \
 			"$SRC_VERSION" "$(date -u +%FT%TZ)" "$SRC_FILE" "$SRC_SHA256"
@@ -292,12 +294,12 @@ build_criu() {
 		printf 'runtime packages: %s\n' "${libpkgs[*]}"
 	} >"$PREFIX/share/criu/BUILD-INFO"
 	rm -rf "$build"
-	log "criu built in $((SECONDS - t0)) s"
+	STEP_NOTE="built $(criu_version) at $CRIU_BIN (make: $((SECONDS - t0)) s)"
 }
 
 ensure_criu() {
 	if criu_ok; then
-		log "criu $(criu_version) ready ($CRIU_BIN)"
+		STEP_NOTE="$(criu_version) present at $CRIU_BIN"
 		return 0
 	fi
 	if [[ -e $CRIU_BIN ]]; then
@@ -310,7 +312,6 @@ ensure_criu() {
 		printf '%s\n' "$out" >&2
 		die "'$CRIU_BIN check' failed"
 	fi
-	log "criu $(criu_version) ready ($CRIU_BIN)"
 }
 
 # ---------------------------------------------------------------- kdat tmpfs
@@ -356,14 +357,19 @@ check_only() {
 	log "everything present (criu $(criu_version) at $CRIU_BIN)"
 }
 
-install() {
-	apt_install "${BASE_PKGS[@]}"
-	ensure_kdat_dir
-	ensure_criu
+check_tools() {
 	local t
 	for t in "${TOOLS[@]}"; do
 		command -v "$t" >/dev/null || die "command $t not found after installing iproute2/iptables"
 	done
+	STEP_NOTE="${TOOLS[*]} present"
+}
+
+set_up() {
+	step "packages" apt_install "${BASE_PKGS[@]}"
+	step "CRIU's kernel-feature cache (tmpfs)" ensure_kdat_dir
+	step "criu >= $CRIU_MIN" ensure_criu
+	step "network tools CRIU runs" check_tools
 }
 
 run_main "$@"
