@@ -47,9 +47,9 @@ t=$(date +%s%N); snap=$($hiber snapshot --name agent-turn-1 agent); echo "snapsh
 $hiber ps
 t=$(date +%s%N); restored=$($hiber restore --name agent-2 agent-turn-1); echo "restore:  $(ms "$t") ms -> $restored"
 echo "after:    $($hiber exec agent-2 python3 -c "$ask")   (same secret, the count carried on)"
-t=$(date +%s%N); $hiber fork -n 3 agent-turn-1 >/tmp/hiber-demo-forks; echo "fork x3:  $(ms "$t") ms"
+t=$(date +%s%N); mapfile -t forks < <($hiber fork -n 3 agent-turn-1); echo "fork x3:  $(ms "$t") ms"
 $hiber snapshots
-$hiber rm -f agent agent-2 $(cat /tmp/hiber-demo-forks) >/dev/null
+$hiber rm -f agent agent-2 "${forks[@]}" >/dev/null
 $hiber snapshot rm agent-turn-1 >/dev/null
 
 step "a detached sandbox, exec into it, remove it"

@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
-# Runs every test of hiber: sets the machine up (idempotent, cached), builds,
-# then runs the Rust unit and end-to-end tests (real sandboxes, so as root)
-# and the Python SDKs' tests (the in-sandbox `hiber` module against the real
-# hiber-init, the client against a real `hiber serve`).
+# Runs every test of hiber: sets the machine up (idempotent, cached), lints the scripts,
+# builds, proves that set-up works from scratch (scripts/check-fresh-setup.sh), then runs the
+# Rust unit and end-to-end tests (real sandboxes, so as root) and the Python SDKs' tests (the
+# in-sandbox `hiber` module against the real hiber-init, the client against a real
+# `hiber serve`). Every part runs even when an earlier one failed; the status says whether all
+# passed, and the last lines name those that did not.
 #
 #   scripts/test.sh [extra cargo test-runner arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
-python3 -m pytest --version >/dev/null 2>&1 || python3 -m pip install -q pytest
+bash scripts/setup-test.sh
+
+failed=()
+part() {
+	local what=$1 t0=$SECONDS
+	shift
+	if "$@"; then
+		echo "test: $what passed ($((SECONDS - t0)) s)" >&2
+	else
+		echo "test: $what FAILED ($((SECONDS - t0)) s)" >&2
+		failed+=("$what")
+	fi
+}
+
+part "shell scripts (shellcheck, no shadowed commands)" bash scripts/lint.sh
 # The end-to-end tests run the hiber and hiber-init binaries.
 cargo build --workspace --locked 2>&1 | tail -n 3
-
-status=0
+part "set-up from scratch" bash scripts/check-fresh-setup.sh target/x86_64-unknown-linux-gnu/debug/hiber
 if cargo nextest --version >/dev/null 2>&1; then
-	cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
+	part "Rust tests" cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
-	cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+	part "Rust tests" cargo test --workspace --locked --no-fail-fast "$@"
 fi
-python3 -m pytest -q sdk/agent sdk/python/tests || status=$?
-exit "$status"
+part "Python tests" "${HIBER_TEST_VENV:-/var/cache/hiber/test-venv}/bin/python" -m pytest -q sdk/agent sdk/python/tests
+
+if ((${#failed[@]})); then
+	printf 'test: failed: %s\n' "${failed[@]}" >&2
+	exit 1
+fi
+echo "test: all passed" >&2
