@@ -84,6 +84,9 @@ pub fn exec(
     }
 
     let (mut out, mut err) = (io::stdout(), io::stderr());
+    // Once our reader went away (`hiber exec ID yes | head -1`), the process gets the SIGPIPE
+    // it would get writing to a closed pipe, and its further output is dropped.
+    let mut out_closed = false;
     // A frozen sandbox (a snapshot under way) accepts but does not answer.
     conn.set_timeout(Some(FIRST_REPLY))?;
     loop {
@@ -103,9 +106,14 @@ pub fn exec(
                 *writer.lock().map_err(|_| anyhow::anyhow!("a relay thread panicked"))? = conn.try_clone()?;
                 conn.set_timeout(Some(FIRST_REPLY))?;
             }
-            Some(Frame::Stdout(bytes)) => {
-                out.write_all(&bytes)?;
-                out.flush()?;
+            Some(Frame::Stdout(bytes)) if !out_closed => {
+                if let Err(e) = out.write_all(&bytes).and_then(|()| out.flush()) {
+                    if e.kind() != io::ErrorKind::BrokenPipe {
+                        return Err(e.into());
+                    }
+                    out_closed = true;
+                    let _ = send_signal(init_pid, id, Signal::SIGPIPE);
+                }
             }
             Some(Frame::Stderr(bytes)) => {
                 err.write_all(&bytes)?;
@@ -176,13 +184,16 @@ fn forward_signals(signals: SigSet, writer: Arc<Mutex<InitConnection>>, init_pid
             }
             continue;
         }
-        let forwarded = InitConnection::open(init_pid).and_then(|mut c| {
-            c.request(&Request::Signal { id: id.into(), signal: signal as i32 })?;
-            c.next_reply(|_| {})
-        });
-        if forwarded.is_err() {
+        if send_signal(init_pid, id, signal).is_err() {
             // The sandbox is gone; nothing is left to wait for.
             std::process::exit(128 + signal as i32);
         }
     }
+}
+
+/// Sends `signal` to the process of exec `id` over a connection of its own.
+fn send_signal(init_pid: i32, id: &str, signal: Signal) -> Result<(), ClientError> {
+    let mut conn = InitConnection::open(init_pid)?;
+    conn.request(&Request::Signal { id: id.into(), signal: signal as i32 })?;
+    conn.next_reply(|_| {}).map(drop)
 }

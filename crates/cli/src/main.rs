@@ -1,5 +1,7 @@
 //! `hiber`: the command-line front of hiber.
 
+#[macro_use]
+mod output;
 mod attach;
 mod cli;
 mod commands;
@@ -15,6 +17,7 @@ fn main() {
     let cli = cli::Cli::parse();
     let code = match commands::dispatch(cli) {
         Ok(code) => code,
+        Err(error) if output::is_closed(&error) => output::CLOSED_STATUS,
         Err(error) => {
             // One line: the error and its causes.
             let line = format!("{error:#}").replace('\n', " ");

@@ -30,6 +30,20 @@ fn echo_and_exit_codes_pass_through() {
 }
 
 #[test]
+fn a_closed_stdout_ends_commands_quietly_with_sigpipes_status() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let id = home.detached(&["busybox", "sleep", "1000"]);
+    // hiber's own output, and a sandboxed process's (which gets the SIGPIPE itself and ends).
+    for args in [&["ps"][..], &["images"], &["exec", &id, "yes"], &["run", "busybox", "yes"]] {
+        let r = home.run_into_closed_pipe(args);
+        assert_eq!((r.code, r.stderr.as_str()), (141, ""), "hiber {args:?}");
+    }
+    assert_eq!(home.ps().len(), 1, "the attached run removed its sandbox");
+}
+
+#[test]
 fn stdin_is_piped_with_dash_i() {
     require!();
     let home = Home::new();

@@ -8,10 +8,10 @@ use hiber_sandbox::preflight;
 pub fn check(_home: &Path, json: bool) -> Result<i32> {
     let checks = preflight::checks();
     if json {
-        println!("{}", serde_json::to_string_pretty(&checks)?);
+        outln!("{}", serde_json::to_string_pretty(&checks)?)?;
     } else {
         for c in &checks {
-            println!("{:<4} {:<11} {}", if c.ok { "ok" } else { "FAIL" }, c.what, c.detail);
+            outln!("{:<4} {:<11} {}", if c.ok { "ok" } else { "FAIL" }, c.what, c.detail)?;
         }
     }
     Ok(if checks.iter().all(|c| c.ok) { 0 } else { 1 })

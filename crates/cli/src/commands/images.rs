@@ -13,14 +13,14 @@ use crate::format;
 pub fn list(home: &Path, json: bool) -> Result<i32> {
     let images = ImageStore::open(home)?.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&images)?);
+        outln!("{}", serde_json::to_string_pretty(&images)?)?;
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = images
         .iter()
         .map(|i| vec![i.name.clone(), format::size(i.size_bytes), i.layers.len().to_string(), format::age(i.created), i.source.clone()])
         .collect();
-    format::table(&["NAME", "SIZE", "LAYERS", "CREATED", "SOURCE"], &rows);
+    format::table(&["NAME", "SIZE", "LAYERS", "CREATED", "SOURCE"], &rows)?;
     Ok(0)
 }
 
@@ -35,14 +35,14 @@ pub fn image(home: &Path, command: ImageCommand) -> Result<i32> {
         ImageCommand::Rm { name } => {
             store.remove(&name)?;
             collect_layers(home)?;
-            println!("{name}");
+            outln!("{name}")?;
             return Ok(0);
         }
     };
     progress.finish();
     collect_layers(home)?;
     eprintln!("image {} ready: {} in {:.1?}", image.name, format::size(image.size_bytes), started.elapsed());
-    println!("{}", image.name);
+    outln!("{}", image.name)?;
     Ok(0)
 }
 

@@ -13,7 +13,7 @@ pub fn stop(home: &Path, args: StopArgs) -> Result<i32> {
     let backend = backend(home)?;
     for key in &args.sandboxes {
         backend.stop(key, Duration::from_secs(args.time)).with_context(|| format!("stopping {key}"))?;
-        println!("{key}");
+        outln!("{key}")?;
     }
     Ok(0)
 }
@@ -22,7 +22,7 @@ pub fn rm(home: &Path, args: RmArgs) -> Result<i32> {
     let backend = backend(home)?;
     for key in &args.sandboxes {
         backend.remove(key, args.force).with_context(|| format!("removing {key}"))?;
-        println!("{key}");
+        outln!("{key}")?;
     }
     Ok(0)
 }

@@ -15,7 +15,7 @@ pub fn logs(home: &Path, args: LogsArgs) -> Result<i32> {
     let backend = backend(home)?;
     let id = backend.find(&args.sandbox)?.record.id;
     let mut printed = 0u64;
-    let mut out = io::stdout();
+    let mut out = crate::output::stdout();
     loop {
         // The log may move from a layer to the upper directory: look each time.
         if let Some(path) = backend.main_log(&id)? {

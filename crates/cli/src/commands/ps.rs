@@ -11,11 +11,11 @@ use crate::format;
 pub fn ps(home: &Path, json: bool) -> Result<i32> {
     let sandboxes = backend(home)?.list()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&sandboxes)?);
+        outln!("{}", serde_json::to_string_pretty(&sandboxes)?)?;
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = sandboxes.iter().map(row).collect();
-    format::table(&["ID", "NAME", "IMAGE", "STATUS", "CREATED", "COMMAND"], &rows);
+    format::table(&["ID", "NAME", "IMAGE", "STATUS", "CREATED", "COMMAND"], &rows)?;
     Ok(0)
 }
 

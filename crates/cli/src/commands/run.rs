@@ -34,7 +34,7 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
     let info = backend.create(spec)?;
     let id = info.record.id;
     if args.detach {
-        println!("{id}");
+        outln!("{id}")?;
         return Ok(0);
     }
     // Attached: like `docker run --rm`.

@@ -106,7 +106,7 @@ fn entry_line(entry: &Value, json: bool) -> String {
 
 pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
     let client = Client::new(home, &args.server)?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match args.command {
         SessionCommand::New { image, snapshot, env, idle_timeout, command } => {
             let mut vars = BTreeMap::new();
@@ -158,7 +158,7 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
                     ]
                 })
                 .collect();
-            format::table(&["ID", "STATE", "ENTRIES", "IMAGE", "CREATED", "COMMAND"], &rows);
+            format::table(&["ID", "STATE", "ENTRIES", "IMAGE", "CREATED", "COMMAND"], &rows)?;
         }
         SessionCommand::Show { id } => {
             let session = client.json("GET", &format!("/v1/sessions/{id}"), None)?;

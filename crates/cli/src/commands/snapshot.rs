@@ -14,25 +14,25 @@ pub fn snapshot(home: &Path, args: SnapshotArgs) -> Result<i32> {
     if let Some(SnapshotCommand::Rm { snapshots }) = args.command {
         for key in &snapshots {
             backend.remove_snapshot(key).with_context(|| format!("removing snapshot {key}"))?;
-            println!("{key}");
+            outln!("{key}")?;
         }
         return Ok(0);
     }
     let sandbox = args.sandbox.expect("clap requires the sandbox");
     let options = SnapshotOptions { name: args.name, leave_running: args.leave_running, context_seq: None };
     let manifest = backend.snapshot(&sandbox, &options)?;
-    println!("{}", manifest.id);
+    outln!("{}", manifest.id)?;
     Ok(0)
 }
 
 pub fn list(home: &Path, json: bool) -> Result<i32> {
     let snapshots = backend(home)?.snapshot_list();
     if json {
-        println!("{}", serde_json::to_string_pretty(&snapshots)?);
+        outln!("{}", serde_json::to_string_pretty(&snapshots)?)?;
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = snapshots.iter().map(row).collect();
-    format::table(&["ID", "NAME", "PARENT", "SANDBOX", "IMAGE", "SIZE", "CREATED"], &rows);
+    format::table(&["ID", "NAME", "PARENT", "SANDBOX", "IMAGE", "SIZE", "CREATED"], &rows)?;
     Ok(0)
 }
 
@@ -50,7 +50,7 @@ fn row(m: &Manifest) -> Vec<String> {
 
 pub fn restore(home: &Path, args: RestoreArgs) -> Result<i32> {
     let info = backend(home)?.restore(&args.snapshot, args.name.as_deref())?;
-    println!("{}", info.record.id);
+    outln!("{}", info.record.id)?;
     Ok(0)
 }
 
@@ -63,7 +63,7 @@ pub fn fork(home: &Path, args: ForkArgs) -> Result<i32> {
     let mut first_error = None;
     for result in results {
         match result {
-            Ok(info) => println!("{}", info.record.id),
+            Ok(info) => outln!("{}", info.record.id)?,
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }

@@ -71,6 +71,13 @@ impl Home {
         child.wait_with_output().unwrap().into()
     }
 
+    /// Runs `hiber args...` with a standard output whose reader is gone (`hiber ... | head -0`).
+    pub fn run_into_closed_pipe(&self, args: &[&str]) -> Run {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        self.cmd(args).stdout(writer).stderr(Stdio::piped()).output().expect("spawn hiber").into()
+    }
+
     /// Runs `hiber args...`, asserts success, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let r = self.run(args);

@@ -137,9 +137,9 @@ pub fn session(home: &Path, rounds: usize, json: bool) -> Result<i32> {
     };
     let report = Report { rounds, running, suspended, context, ratios, targets };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(0)
 }
@@ -343,9 +343,9 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-fn print_report(r: &Report) {
+fn print_report(r: &Report) -> std::io::Result<()> {
     let t = &r.targets;
-    println!("Message -> first streamed entry (python agent in Debian, real hiber serve over HTTP/SSE)");
+    outln!("Message -> first streamed entry (python agent in Debian, real hiber serve over HTTP/SSE)")?;
     let restore = |turns: &Turns| turns.restore_ms_mean.map_or_else(|| "-".to_string(), |m| format!("{} x {}", turns.restores, ms(m)));
     let rows = vec![
         vec!["running".into(), ms(r.running.user_entry_ms_p50), ms(r.running.first_entry_ms_p50), ms(r.running.first_entry_ms_p95), ms(r.running.turn_ms_p50), restore(&r.running), "-".into()],
@@ -359,18 +359,18 @@ fn print_report(r: &Report) {
             format!("p50 <= {} ({})", ms(t.suspended_first_entry_ms), met(t.suspended_first_entry_met)),
         ],
     ];
-    format::table(&["SESSION", "USER ENTRY P50", "FIRST ENTRY P50", "FIRST ENTRY P95", "TURN P50", "RESTORES (MEAN)", "TARGET"], &rows);
-    println!(
+    format::table(&["SESSION", "USER ENTRY P50", "FIRST ENTRY P50", "FIRST ENTRY P95", "TURN P50", "RESTORES (MEAN)", "TARGET"], &rows)?;
+    outln!(
         "{} messages each, from sending the message until on the turn's SSE stream arrive: user entry = the\n\
          message's own entry; first entry = the agent's first entry; turn = `done`. restores = server-side\n\
          restores during the timed messages.",
         r.rounds
-    );
-    println!();
+    )?;
+    outln!()?;
 
     let c = &r.context;
     let cfg = &c.config;
-    println!("Context log (SQLite WAL, fsync before acknowledging, group commit)");
+    outln!("Context log (SQLite WAL, fsync before acknowledging, group commit)")?;
     let row = |what: String, l: &Latency, target: String| vec![what, us(l.p50_us), us(l.p99_us), target];
     let ratio_row = |what: &str, p50: f64, p99: f64| {
         vec![
@@ -395,8 +395,8 @@ fn print_report(r: &Report) {
         row(format!("tail read (last {}) at {large} entries", cfg.tail), &c.large.tail_read, "-".into()),
         ratio_row(&format!("tail read {large} / {small}"), r.ratios.tail_read_p50, r.ratios.tail_read_p99),
     ];
-    format::table(&["MEASUREMENT", "P50", "P99", "TARGET"], &rows);
-    println!(
+    format::table(&["MEASUREMENT", "P50", "P99", "TARGET"], &rows)?;
+    outln!(
         "throughput: {} fsync'd appends/s with {} concurrent appenders ({} appends each); {} samples per\n\
          length; the {large}-entry session was filled in bulk in {:.1} s.",
         thousands(c.concurrent_appends_per_s.round() as u64),
@@ -404,7 +404,8 @@ fn print_report(r: &Report) {
         cfg.appends_per_appender,
         cfg.samples,
         c.fill_s
-    );
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -109,9 +109,9 @@ pub fn snapshot(home: &Path, rounds: usize, json: bool, skip_podman: bool) -> Re
 
     let report = Report { rounds, criu_version: criu.version, workloads, notes };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(0)
 }
@@ -137,7 +137,7 @@ fn ratio(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_string(), |r| format!("{r:.2}x"))
 }
 
-fn print_report(report: &Report) {
+fn print_report(report: &Report) -> std::io::Result<()> {
     let mut rows = Vec::new();
     for w in &report.workloads {
         let h = &w.hiber;
@@ -150,8 +150,8 @@ fn print_report(report: &Report) {
             rows.push([vec![String::new(), name.to_string()], row].concat());
         }
     }
-    format::table(&["WORKLOAD", "WHO", "SNAPSHOT", "RESTORE", "SIZE", &format!("FORK x{FORKS}")], &rows);
-    println!();
+    format::table(&["WORKLOAD", "WHO", "SNAPSHOT", "RESTORE", "SIZE", &format!("FORK x{FORKS}")], &rows)?;
+    outln!()?;
     let rows: Vec<Vec<String>> = report
         .workloads
         .iter()
@@ -166,16 +166,17 @@ fn print_report(report: &Report) {
             ]
         })
         .collect();
-    format::table(&["hiber / peer", "SNAPSHOT vs CRIU", "RESTORE vs CRIU", "SNAPSHOT vs Podman", "RESTORE vs Podman"], &rows);
-    println!();
-    println!("Medians of {} rounds, CRIU {}. snapshot = freeze to durable (fsync'd); restore = from the", report.rounds, report.criu_version);
-    println!("restore command until the workload answers again (idle: the command returns; python-100m: its");
-    println!("next counter value, previous + 1, is read in the sandbox); size = allocated on disk (hiber: the");
-    println!("snapshot directory + its new layer); fork x{FORKS} = wall time for {FORKS} concurrent restores of one");
-    println!("snapshot until all answer. Ratios below 1 mean hiber is faster.");
+    format::table(&["hiber / peer", "SNAPSHOT vs CRIU", "RESTORE vs CRIU", "SNAPSHOT vs Podman", "RESTORE vs Podman"], &rows)?;
+    outln!()?;
+    outln!("Medians of {} rounds, CRIU {}. snapshot = freeze to durable (fsync'd); restore = from the", report.rounds, report.criu_version)?;
+    outln!("restore command until the workload answers again (idle: the command returns; python-100m: its")?;
+    outln!("next counter value, previous + 1, is read in the sandbox); size = allocated on disk (hiber: the")?;
+    outln!("snapshot directory + its new layer); fork x{FORKS} = wall time for {FORKS} concurrent restores of one")?;
+    outln!("snapshot until all answer. Ratios below 1 mean hiber is faster.")?;
     for note in &report.notes {
-        println!("note: {note}");
+        outln!("note: {note}")?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -81,18 +81,18 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
                 latency_ms_p95: percentile(&latencies, 0.95),
             };
             if !json {
-                println!(
+                outln!(
                     "{:<8} workers={}  {:>7.1} starts/s   start p50 {:>6.1} ms  p95 {:>6.1} ms",
                     result.image, result.workers, result.starts_per_sec, result.latency_ms_p50, result.latency_ms_p95
-                );
+                )?;
             }
             results.push(result);
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
+        outln!("{}", serde_json::to_string_pretty(&results)?)?;
     } else {
-        println!("({runs} starts per measurement, median of {rounds}; a start = create, run `true`, remove)");
+        outln!("({runs} starts per measurement, median of {rounds}; a start = create, run `true`, remove)")?;
     }
     Ok(0)
 }
