@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs every test of hiber: sets the machine up (idempotent, cached), lints the scripts,
-# builds, proves that set-up works from scratch (scripts/check-fresh-setup.sh), then runs the
-# Rust unit and end-to-end tests (real sandboxes, so as root) and the Python SDKs' tests (the
-# in-sandbox `hiber` module against the real hiber-init, the client against a real
-# `hiber serve`). Every part runs even when an earlier one failed; the status says whether all
-# passed, and the last lines name those that did not.
+# Runs every test of hiber: sets the machine up (idempotent, cached), lints the scripts, checks
+# the Rust formatting and clippy's lints, builds, proves that set-up works from scratch
+# (scripts/check-fresh-setup.sh), then runs the Rust unit and end-to-end tests (real sandboxes,
+# so as root) and the Python SDKs' tests (the in-sandbox `hiber` module against the real
+# hiber-init, the client against a real `hiber serve`). Every part runs even when an earlier one
+# failed; the status says whether all passed, and the last lines name those that did not.
 #
 #   scripts/test.sh [extra cargo test-runner arguments]
 set -euo pipefail
@@ -25,6 +25,8 @@ part() {
 }
 
 part "shell scripts (shellcheck, no shadowed commands)" bash scripts/lint.sh
+part "Rust formatting (rustfmt.toml)" cargo fmt --all --check
+part "Rust lints (clippy, warnings are errors)" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the hiber and hiber-init binaries.
 cargo build --workspace --locked 2>&1 | tail -n 3
 part "set-up from scratch" bash scripts/check-fresh-setup.sh target/x86_64-unknown-linux-gnu/debug/hiber

@@ -42,8 +42,9 @@ impl Drop for RawMode {
 /// The size of the terminal on stdout (or stdin), if there is one.
 fn terminal_size() -> Option<TtySize> {
     for fd in [1, 0] {
-        // SAFETY: TIOCGWINSZ writes a winsize into `ws`, which all-zero is valid for.
+        // SAFETY: winsize is plain integers, for which all-zero is valid.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+        // SAFETY: TIOCGWINSZ writes a winsize into `ws`, which outlives the call.
         if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_row > 0 {
             return Some(TtySize { rows: ws.ws_row, cols: ws.ws_col });
         }
@@ -92,7 +93,10 @@ pub fn exec(
     loop {
         let frame = conn.recv().map_err(|e| match e {
             ClientError::Frame(FrameError::Io(io)) if io.kind() == io::ErrorKind::WouldBlock => {
-                anyhow::anyhow!("the sandbox did not answer within {}s (is a snapshot of it under way?)", FIRST_REPLY.as_secs())
+                anyhow::anyhow!(
+                    "the sandbox did not answer within {}s (is a snapshot of it under way?)",
+                    FIRST_REPLY.as_secs()
+                )
             }
             e => anyhow::Error::from(e).context("connection to the sandbox"),
         })?;

@@ -56,8 +56,20 @@ fn debian_sandbox_runs_python() {
     }
     let home = Home::new();
     home.debian();
-    let r = home.run(&["run", "debian", "python3", "-c", "import sys, socket; print(sys.version_info[0], socket.gethostname() != '')"]);
+    let r = home.run(&[
+        "run",
+        "debian",
+        "python3",
+        "-c",
+        "import sys, socket; print(sys.version_info[0], socket.gethostname() != '')",
+    ]);
     assert_eq!(r.stdout, "3 True\n", "{}", r.stderr);
-    let r = home.run(&["run", "debian", "sh", "-c", "git --version >/dev/null && curl --version >/dev/null && ps -p 1 -o comm= && ip -o link | wc -l"]);
+    let r = home.run(&[
+        "run",
+        "debian",
+        "sh",
+        "-c",
+        "git --version >/dev/null && curl --version >/dev/null && ps -p 1 -o comm= && ip -o link | wc -l",
+    ]);
     assert_eq!(r.stdout, "init\n1\n", "{}", r.stderr);
 }

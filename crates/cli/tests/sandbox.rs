@@ -60,7 +60,19 @@ fn env_workdir_and_hostname_are_set() {
     require!();
     let home = Home::new();
     home.busybox();
-    let r = home.run(&["run", "--name", "box-1", "-e", "GREETING=hi there", "-w", "/tmp", "busybox", "sh", "-c", "echo \"$GREETING\"; pwd; hostname; echo $HOSTNAME"]);
+    let r = home.run(&[
+        "run",
+        "--name",
+        "box-1",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "busybox",
+        "sh",
+        "-c",
+        "echo \"$GREETING\"; pwd; hostname; echo $HOSTNAME",
+    ]);
     assert_eq!(r.stdout, "hi there\n/tmp\nbox-1\nbox-1\n", "{}", r.stderr);
 }
 
@@ -108,12 +120,25 @@ fn memory_limit_kills_an_oversized_allocation_not_the_sandbox() {
         let r = home.run(&["exec", &id, "sh", "-c", grow]);
         // The OOM killer takes `tail` (rc=137), or, when it strikes again
         // while tail's memory is still being released, the shell (137).
-        assert!(r.stdout.trim() == "rc=137" || r.code == 137, "the allocation was OOM-killed: {} {}", r.stdout, r.stderr);
+        assert!(
+            r.stdout.trim() == "rc=137" || r.code == 137,
+            "the allocation was OOM-killed: {} {}",
+            r.stdout,
+            r.stderr
+        );
         assert_eq!(home.sandbox(&id)["status"]["state"], "running", "never hiber-init: the sandbox lives");
     }
     let adj = home.ok(&["exec", &id, "sh", "-c", "cat /proc/1/oom_score_adj /proc/self/oom_score_adj"]);
     assert_eq!(adj, "0\n100\n", "the sandbox's processes rank above its init");
-    let r = home.run(&["run", "--memory", "256M", "busybox", "sh", "-c", "head -c 20971520 /dev/zero | tail -n 1 >/dev/null; echo rc=$?"]);
+    let r = home.run(&[
+        "run",
+        "--memory",
+        "256M",
+        "busybox",
+        "sh",
+        "-c",
+        "head -c 20971520 /dev/zero | tail -n 1 >/dev/null; echo rc=$?",
+    ]);
     assert_eq!(r.stdout.trim(), "rc=0", "a fitting allocation is not killed");
 }
 
@@ -173,7 +198,10 @@ fn exec_runs_in_a_detached_sandbox() {
     let r = home.run(&["exec", "worker", "sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '"]);
     assert!(r.stdout.starts_with("worker\n/.hiber/init"), "{}", r.stdout);
     assert_eq!(home.run(&["exec", &id[..5], "sh", "-c", "exit 5"]).code, 5, "prefix works, code propagates");
-    let r = home.run_with_input(&["exec", "-i", "-e", "X=1", "-w", "/etc", "worker", "sh", "-c", "cat; echo $X; pwd"], b"piped\n");
+    let r = home.run_with_input(
+        &["exec", "-i", "-e", "X=1", "-w", "/etc", "worker", "sh", "-c", "cat; echo $X; pwd"],
+        b"piped\n",
+    );
     assert_eq!(r.stdout, "piped\n1\n/etc\n");
     // Files written by one exec are seen by the next.
     home.ok(&["exec", "worker", "sh", "-c", "echo kept > /root/f"]);
@@ -240,7 +268,8 @@ fn rm_leaves_no_process_mount_cgroup_or_file() {
     let (init, shim) = (info["init_pid"].as_i64().unwrap(), info["shim_pid"].as_i64().unwrap());
     assert!(alive(init) && alive(shim));
     assert_eq!(mounts_below(home.path()).len(), 1, "one overlay mount while it runs");
-    let cgroups: Vec<String> = ["memory", "cpu", "pids", "freezer"].iter().map(|c| format!("/sys/fs/cgroup/{c}/hiber/{id}")).collect();
+    let cgroups: Vec<String> =
+        ["memory", "cpu", "pids", "freezer"].iter().map(|c| format!("/sys/fs/cgroup/{c}/hiber/{id}")).collect();
     let rm = home.run(&["rm", &id]);
     assert_ne!(rm.code, 0, "rm of a running sandbox needs -f");
     assert!(rm.stderr.contains("running"), "{}", rm.stderr);

@@ -80,7 +80,9 @@ fn session_commands_and_a_server_killed_mid_turn() {
     let mut serve = Serve::start(&home, port);
     assert!(home.path().join("api-token").is_file());
 
-    let id = ok(&home, &serve, &["new", "--image", "debian", "--idle-timeout", "60", "--", "python3", "-c", AGENT]).trim().to_string();
+    let id = ok(&home, &serve, &["new", "--image", "debian", "--idle-timeout", "60", "--", "python3", "-c", AGENT])
+        .trim()
+        .to_string();
     assert!(ok(&home, &serve, &["ls"]).contains(&id));
     let show: serde_json::Value = serde_json::from_str(&ok(&home, &serve, &["show", &id])).unwrap();
     assert_eq!(show["id"], id.as_str());
@@ -107,8 +109,14 @@ fn session_commands_and_a_server_killed_mid_turn() {
     let out = ok(&home, &serve, &["send", &id, "again"]);
     assert!(out.contains(r#"{"echo":"again","end":3}"#), "{out}");
     let log = ok(&home, &serve, &["log", "--json", &id]);
-    let kinds: Vec<String> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string()).collect();
-    assert_eq!(kinds, ["user", "assistant", "assistant", "user", "assistant", "assistant", "user", "assistant", "assistant"]);
+    let kinds: Vec<String> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["user", "assistant", "assistant", "user", "assistant", "assistant", "user", "assistant", "assistant"]
+    );
 
     // Errors are one line with exit code 125.
     let r = session(&home, &serve, &["show", "nope"]);

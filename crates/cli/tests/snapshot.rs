@@ -66,9 +66,13 @@ fn shell_counter_continues_without_reset_or_gap() {
     let init = home.sandbox(&id)["init_pid"].as_i64().unwrap();
     let snap = home.ok(&["snapshot", &id]).trim().to_string();
     assert_eq!(snap.len(), 12, "the snapshot id alone: {snap:?}");
-    let before: u64 = std::fs::read_to_string(home.path().join("layers").join(
-        home.snapshots()[0]["layers"][0].as_str().unwrap(),
-    ).join("tmp/count")).unwrap().trim().parse().unwrap();
+    let before: u64 = std::fs::read_to_string(
+        home.path().join("layers").join(home.snapshots()[0]["layers"][0].as_str().unwrap()).join("tmp/count"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
     // Suspended: no process of the sandbox runs.
     assert!(!alive(init), "the sandbox is stopped after a snapshot");
     assert_eq!(home.sandbox(&id)["status"]["state"], "suspended");
@@ -168,7 +172,10 @@ fn unlinked_open_files_and_a_piped_process_tree_come_back_whole() {
     // The consumer rewrites the file: a read may catch it empty.
     let ticks = |s: &str| home.ok(&["exec", s, "cat", "/tmp/ticks"]).trim().parse::<u64>().unwrap_or(0);
     let mut t1 = 0;
-    assert!(eventually(Duration::from_secs(5), || { t1 = ticks(&restored); t1 > 0 }));
+    assert!(eventually(Duration::from_secs(5), || {
+        t1 = ticks(&restored);
+        t1 > 0
+    }));
     assert!(eventually(Duration::from_secs(5), || ticks(&restored) > t1 + 3), "the pipe still flows");
     assert_eq!(home.ok(&["exec", &restored, "sh", "-c", tree]), before, "same process tree");
     // Every process of the tree inherited fd 3: read it once per process, then dedupe.
@@ -253,8 +260,12 @@ fn corrupt_foreign_and_incomplete_snapshots_start_nothing() {
         assert_eq!(mounts_below(home.path()).len(), mounts_before, "{what}: nothing mounted");
     };
     // A flipped byte in the process image.
-    let pages = std::fs::read_dir(dir.join("criu")).unwrap().flatten().map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-")).unwrap();
+    let pages = std::fs::read_dir(dir.join("criu"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .unwrap();
     let original = std::fs::read(&pages).unwrap();
     let mut bad = original.clone();
     bad[original.len() / 2] ^= 0xff;
@@ -299,19 +310,36 @@ fn a_killed_snapshot_leaves_the_sandbox_or_a_whole_snapshot() {
         let _ = child.wait();
         // Any next command recovers leftovers, once a CRIU the killed
         // command started has finished.
-        let staging = || home.path().join("snapshots").read_dir().unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with(".staging"));
-        assert!(eventually(Duration::from_secs(20), || { home.snapshots(); !staging() }), "leftover recovered");
+        let staging = || {
+            home.path()
+                .join("snapshots")
+                .read_dir()
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        };
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                home.snapshots();
+                !staging()
+            }),
+            "leftover recovered"
+        );
         let snapshots = home.snapshots();
         let state = home.sandbox(&id)["status"]["state"].as_str().unwrap().to_string();
         match state.as_str() {
             "running" => {
                 assert!(snapshots.iter().all(|m| m["source_sandbox"] != id.as_str()), "no half snapshot listed");
                 let c = count(&home, &id);
-                assert!(eventually(Duration::from_secs(5), || count(&home, &id) > c), "thawed and counting (delay {delay_ms} ms)");
+                assert!(
+                    eventually(Duration::from_secs(5), || count(&home, &id) > c),
+                    "thawed and counting (delay {delay_ms} ms)"
+                );
                 home.ok(&["rm", "-f", &id]);
             }
             "suspended" => {
-                let snap = snapshots.iter().find(|m| m["source_sandbox"] == id.as_str()).expect("its snapshot is listed");
+                let snap =
+                    snapshots.iter().find(|m| m["source_sandbox"] == id.as_str()).expect("its snapshot is listed");
                 let restored = home.ok(&["restore", snap["id"].as_str().unwrap()]).trim().to_string();
                 assert!(count(&home, &restored) > 0, "the snapshot is whole (delay {delay_ms} ms)");
                 home.ok(&["rm", "-f", &restored, &id]);
@@ -336,7 +364,8 @@ fn restore_needs_only_the_home_directory() {
     // kept, moved to another path; no runtime state, no process of hiber's.
     let moved = Home::new();
     for part in ["images", "layers", "snapshots"] {
-        let status = std::process::Command::new("cp").arg("-a").arg(home.path().join(part)).arg(moved.path()).status().unwrap();
+        let status =
+            std::process::Command::new("cp").arg("-a").arg(home.path().join(part)).arg(moved.path()).status().unwrap();
         assert!(status.success());
     }
     drop(home);
@@ -350,8 +379,12 @@ fn restore_needs_only_the_home_directory() {
     assert!(eventually(Duration::from_secs(5), || count(&moved, &restored) > c));
     moved.ok(&["rm", "-f", &restored]);
     moved.ok(&["image", "rm", "busybox"]);
-    let layers: Vec<String> = std::fs::read_dir(moved.path().join("layers")).unwrap().flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with("hiber-init-") && !n.starts_with('.')).collect();
+    let layers: Vec<String> = std::fs::read_dir(moved.path().join("layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("hiber-init-") && !n.starts_with('.'))
+        .collect();
     assert!(layers.is_empty(), "unused layers collected: {layers:?}");
 }
 

@@ -7,13 +7,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(dir) => tempfile::tempdir_in(dir)?,
         None => tempfile::tempdir_in(".")?,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let report = runtime.block_on(hiber_context::bench::run(
-        dir.path(),
-        &hiber_context::bench::BenchConfig::default(),
-    ))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report =
+        runtime.block_on(hiber_context::bench::run(dir.path(), &hiber_context::bench::BenchConfig::default()))?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -66,12 +66,7 @@ impl Latency {
             let i = ((timings.len() as f64 * q).ceil() as usize).clamp(1, timings.len().max(1)) - 1;
             timings.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
         };
-        Latency {
-            p50_us: at(0.50),
-            p99_us: at(0.99),
-            max_us: at(1.0),
-            samples: timings.len(),
-        }
+        Latency { p50_us: at(0.50), p99_us: at(0.99), max_us: at(1.0), samples: timings.len() }
     }
 }
 
@@ -133,8 +128,7 @@ pub async fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport, BenchE
     let mut timings = Vec::with_capacity(config.serial_appends);
     for i in 0..config.serial_appends {
         let start = Instant::now();
-        log.append("serial", NewEntry::new(Kind::Assistant, payload(i)))
-            .await?;
+        log.append("serial", NewEntry::new(Kind::Assistant, payload(i))).await?;
         timings.push(start.elapsed());
     }
     let serial_append = Latency::of(timings);
@@ -148,11 +142,7 @@ pub async fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport, BenchE
             let mut timings = Vec::with_capacity(count);
             for i in 0..count {
                 let begun = Instant::now();
-                log.append(
-                    "concurrent",
-                    NewEntry::new(Kind::ToolResult, payload(a * count + i)),
-                )
-                .await?;
+                log.append("concurrent", NewEntry::new(Kind::ToolResult, payload(a * count + i))).await?;
                 timings.push(begun.elapsed());
             }
             Ok::<_, StoreError>(timings)
@@ -167,12 +157,10 @@ pub async fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport, BenchE
     let concurrent_append = Latency::of(timings);
 
     for i in 0..config.small_entries {
-        log.append("small", NewEntry::new(Kind::User, payload(i as usize)))
-            .await?;
+        log.append("small", NewEntry::new(Kind::User, payload(i as usize))).await?;
     }
     let start = Instant::now();
-    log.fill("large", config.large_entries, Kind::Assistant, &payload(0))
-        .await?;
+    log.fill("large", config.large_entries, Kind::Assistant, &payload(0)).await?;
     let fill_s = start.elapsed().as_secs_f64();
 
     let small = at_length(&*log, "small", config).await?;
@@ -189,36 +177,22 @@ pub async fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport, BenchE
 }
 
 /// Times tail reads, then appends, on `session`.
-async fn at_length(
-    log: &dyn LogStore,
-    session: &str,
-    config: &BenchConfig,
-) -> Result<AtLength, StoreError> {
+async fn at_length(log: &dyn LogStore, session: &str, config: &BenchConfig) -> Result<AtLength, StoreError> {
     let entries = log.last_seq(session).await?;
     let mut reads = Vec::with_capacity(config.samples);
     for _ in 0..config.samples {
         let start = Instant::now();
         let last = log.last_seq(session).await?;
-        log.read(
-            session,
-            last.saturating_sub(config.tail as u64),
-            config.tail,
-        )
-        .await?;
+        log.read(session, last.saturating_sub(config.tail as u64), config.tail).await?;
         reads.push(start.elapsed());
     }
     let mut appends = Vec::with_capacity(config.samples);
     for i in 0..config.samples {
         let start = Instant::now();
-        log.append(session, NewEntry::new(Kind::Assistant, payload(i)))
-            .await?;
+        log.append(session, NewEntry::new(Kind::Assistant, payload(i))).await?;
         appends.push(start.elapsed());
     }
-    Ok(AtLength {
-        entries,
-        append: Latency::of(appends),
-        tail_read: Latency::of(reads),
-    })
+    Ok(AtLength { entries, append: Latency::of(appends), tail_read: Latency::of(reads) })
 }
 
 #[cfg(test)]
@@ -228,10 +202,7 @@ mod tests {
     #[test]
     fn percentiles() {
         let l = Latency::of((1..=100).map(Duration::from_micros).collect());
-        assert_eq!(
-            (l.p50_us, l.p99_us, l.max_us, l.samples),
-            (50.0, 99.0, 100.0, 100)
-        );
+        assert_eq!((l.p50_us, l.p99_us, l.max_us, l.samples), (50.0, 99.0, 100.0, 100));
         assert_eq!(Latency::of(Vec::new()).samples, 0);
     }
 

@@ -88,10 +88,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, SqliteError> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(conn)
     };
-    let conn = open(path).map_err(|source| SqliteError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let conn = open(path).map_err(|source| SqliteError::Open { path: path.to_owned(), source })?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(SqliteError::NotWal(mode));
@@ -99,10 +96,7 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, SqliteError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(SqliteError::SchemaTooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(SqliteError::SchemaTooNew { found, supported: SCHEMA_VERSION });
     }
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -112,10 +106,8 @@ pub(crate) fn open_writer(path: &Path) -> Result<Connection, SqliteError> {
 /// Opens a read-only connection to a database the writer has set up.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, SqliteError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|source| SqliteError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|source| SqliteError::Open { path: path.to_owned(), source })?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     Ok(conn)
 }
@@ -128,19 +120,14 @@ fn to_sql_int(n: impl TryInto<i64>) -> i64 {
 /// Decodes a row of `seq, time_ms, kind, payload, key`.
 fn entry_from_row(session: &str, row: &Row<'_>) -> Result<Entry, SqliteError> {
     let seq: i64 = row.get(0)?;
-    let corrupt = |reason: String| SqliteError::Corrupt {
-        session: session.to_owned(),
-        seq,
-        reason,
-    };
+    let corrupt = |reason: String| SqliteError::Corrupt { session: session.to_owned(), seq, reason };
     let kind: String = row.get(2)?;
     let payload: String = row.get(3)?;
     Ok(Entry {
         seq: u64::try_from(seq).map_err(|_| corrupt("negative seq".into()))?,
         time_ms: row.get(1)?,
         kind: kind.parse::<Kind>().map_err(|e| corrupt(e.to_string()))?,
-        payload: serde_json::from_str(&payload)
-            .map_err(|e| corrupt(format!("payload is not JSON: {e}")))?,
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt(format!("payload is not JSON: {e}")))?,
         key: row.get(4)?,
     })
 }
@@ -165,11 +152,7 @@ pub(crate) fn read_range(
 }
 
 /// The entry of `session` appended with `key`, if any.
-pub(crate) fn entry_by_key(
-    conn: &Connection,
-    session: &str,
-    key: &str,
-) -> Result<Option<Entry>, SqliteError> {
+pub(crate) fn entry_by_key(conn: &Connection, session: &str, key: &str) -> Result<Option<Entry>, SqliteError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, time_ms, kind, payload, key FROM entries
          WHERE session = ?1 AND key = ?2",
@@ -192,8 +175,7 @@ pub(crate) fn last_seq(conn: &Connection, session: &str) -> Result<u64, SqliteEr
 
 /// Every session, ordered by id.
 pub(crate) fn sessions(conn: &Connection) -> Result<Vec<SessionInfo>, SqliteError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT id, last_seq, created_ms, updated_ms FROM sessions ORDER BY id")?;
+    let mut stmt = conn.prepare_cached("SELECT id, last_seq, created_ms, updated_ms FROM sessions ORDER BY id")?;
     let rows = stmt.query_map([], |r| {
         Ok(SessionInfo {
             id: r.get(0)?,
@@ -219,24 +201,12 @@ pub(crate) fn insert_entry(
         "INSERT INTO entries (session, seq, time_ms, kind, payload, key)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![
-        session,
-        to_sql_int(seq),
-        time_ms,
-        kind.as_str(),
-        payload,
-        key
-    ])?;
+    .execute(params![session, to_sql_int(seq), time_ms, kind.as_str(), payload, key])?;
     Ok(())
 }
 
 /// Records `session`'s new last seq.
-pub(crate) fn save_last_seq(
-    conn: &Connection,
-    session: &str,
-    last_seq: u64,
-    time_ms: i64,
-) -> Result<(), SqliteError> {
+pub(crate) fn save_last_seq(conn: &Connection, session: &str, last_seq: u64, time_ms: i64) -> Result<(), SqliteError> {
     conn.prepare_cached(
         "INSERT INTO sessions (id, last_seq, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?3)
          ON CONFLICT (id) DO UPDATE SET last_seq = excluded.last_seq, updated_ms = excluded.updated_ms",
@@ -248,10 +218,8 @@ pub(crate) fn save_last_seq(
 /// Deletes `session` and its entries; returns how many it had.
 pub(crate) fn delete_session(conn: &Connection, session: &str) -> Result<u64, SqliteError> {
     let count = last_seq(conn, session)?;
-    conn.prepare_cached("DELETE FROM entries WHERE session = ?1")?
-        .execute([session])?;
-    conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-        .execute([session])?;
+    conn.prepare_cached("DELETE FROM entries WHERE session = ?1")?.execute([session])?;
+    conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?.execute([session])?;
     Ok(count)
 }
 
@@ -269,12 +237,8 @@ mod tests {
             let rows = stmt.query_map([], |r| r.get::<_, String>(3)).unwrap();
             rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
         };
-        let range =
-            plan("SELECT * FROM entries WHERE session = 's' AND seq > 5 ORDER BY seq LIMIT 20");
-        assert!(
-            range.contains("USING INDEX sqlite_autoindex_entries_1"),
-            "{range}"
-        );
+        let range = plan("SELECT * FROM entries WHERE session = 's' AND seq > 5 ORDER BY seq LIMIT 20");
+        assert!(range.contains("USING INDEX sqlite_autoindex_entries_1"), "{range}");
         assert!(!range.contains("TEMP B-TREE"), "{range}");
         let key = plan("SELECT * FROM entries WHERE session = 's' AND key = 'k'");
         assert!(key.contains("USING INDEX entries_by_key"), "{key}");
@@ -286,16 +250,7 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
-        open_writer(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
-        assert!(matches!(
-            open_writer(&path),
-            Err(SqliteError::SchemaTooNew {
-                found: 2,
-                supported: 1
-            })
-        ));
+        open_writer(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        assert!(matches!(open_writer(&path), Err(SqliteError::SchemaTooNew { found: 2, supported: 1 })));
     }
 }

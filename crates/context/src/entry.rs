@@ -17,9 +17,7 @@ pub const MAX_KEY_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EntryError {
     /// A kind string that is not one of [`Kind::ALL`].
-    #[error(
-        "unknown entry kind {0:?}: expected one of system, user, assistant, tool_call, tool_result, event"
-    )]
+    #[error("unknown entry kind {0:?}: expected one of system, user, assistant, tool_call, tool_result, event")]
     UnknownKind(String),
     /// The session id is the empty string.
     #[error("the session id is empty")]
@@ -73,14 +71,8 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 6] = [
-        Kind::System,
-        Kind::User,
-        Kind::Assistant,
-        Kind::ToolCall,
-        Kind::ToolResult,
-        Kind::Event,
-    ];
+    pub const ALL: [Kind; 6] =
+        [Kind::System, Kind::User, Kind::Assistant, Kind::ToolCall, Kind::ToolResult, Kind::Event];
 
     /// The snake_case name, as in JSON and in the database.
     pub fn as_str(self) -> &'static str {
@@ -105,10 +97,7 @@ impl FromStr for Kind {
     type Err = EntryError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Kind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| EntryError::UnknownKind(s.to_owned()))
+        Kind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| EntryError::UnknownKind(s.to_owned()))
     }
 }
 
@@ -128,11 +117,7 @@ pub struct NewEntry {
 impl NewEntry {
     /// An entry without an idempotency key.
     pub fn new(kind: Kind, payload: Value) -> Self {
-        NewEntry {
-            kind,
-            payload,
-            key: None,
-        }
+        NewEntry { kind, payload, key: None }
     }
 
     /// The same entry with an idempotency key.
@@ -187,10 +172,7 @@ pub fn check_session(session: &str) -> Result<(), EntryError> {
         return Err(EntryError::EmptySession);
     }
     if session.len() > MAX_SESSION_ID_BYTES {
-        return Err(EntryError::SessionTooLong {
-            len: session.len(),
-            max: MAX_SESSION_ID_BYTES,
-        });
+        return Err(EntryError::SessionTooLong { len: session.len(), max: MAX_SESSION_ID_BYTES });
     }
     Ok(())
 }
@@ -204,19 +186,13 @@ pub fn check_append(session: &str, entry: &NewEntry) -> Result<String, EntryErro
             return Err(EntryError::EmptyKey);
         }
         if key.len() > MAX_KEY_BYTES {
-            return Err(EntryError::KeyTooLong {
-                len: key.len(),
-                max: MAX_KEY_BYTES,
-            });
+            return Err(EntryError::KeyTooLong { len: key.len(), max: MAX_KEY_BYTES });
         }
     }
     // Serializing a `Value` cannot fail: its map keys are strings.
     let text = entry.payload.to_string();
     if text.len() > MAX_PAYLOAD_BYTES {
-        return Err(EntryError::PayloadTooLarge {
-            size: text.len(),
-            max: MAX_PAYLOAD_BYTES,
-        });
+        return Err(EntryError::PayloadTooLarge { size: text.len(), max: MAX_PAYLOAD_BYTES });
     }
     Ok(text)
 }
@@ -238,10 +214,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        assert_eq!(
-            "tool-call".parse::<Kind>(),
-            Err(EntryError::UnknownKind("tool-call".into()))
-        );
+        assert_eq!("tool-call".parse::<Kind>(), Err(EntryError::UnknownKind("tool-call".into())));
         assert!(serde_json::from_str::<NewEntry>(r#"{"kind":"robot","payload":1}"#).is_err());
     }
 
@@ -254,10 +227,7 @@ mod tests {
             check_append(&"s".repeat(MAX_SESSION_ID_BYTES + 1), &ok),
             Err(EntryError::SessionTooLong { .. })
         ));
-        assert_eq!(
-            check_append("s", &ok.clone().with_key("")),
-            Err(EntryError::EmptyKey)
-        );
+        assert_eq!(check_append("s", &ok.clone().with_key("")), Err(EntryError::EmptyKey));
         assert!(matches!(
             check_append("s", &ok.clone().with_key("k".repeat(MAX_KEY_BYTES + 1))),
             Err(EntryError::KeyTooLong { .. })
@@ -265,10 +235,7 @@ mod tests {
         let big = NewEntry::new(Kind::User, json!("x".repeat(MAX_PAYLOAD_BYTES)));
         assert_eq!(
             check_append("s", &big),
-            Err(EntryError::PayloadTooLarge {
-                size: MAX_PAYLOAD_BYTES + 2,
-                max: MAX_PAYLOAD_BYTES
-            })
+            Err(EntryError::PayloadTooLarge { size: MAX_PAYLOAD_BYTES + 2, max: MAX_PAYLOAD_BYTES })
         );
     }
 }

@@ -57,10 +57,7 @@ impl Notifier {
     pub(crate) fn subscribe(&self, session: &str) -> watch::Receiver<u64> {
         let mut senders = self.lock();
         senders.retain(|_, tx| tx.receiver_count() > 0);
-        senders
-            .entry(session.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+        senders.entry(session.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
     }
 
     /// Tells `session`'s followers that entries up to `last_seq` are

@@ -33,8 +33,8 @@ mod writer;
 
 pub use db::SqliteError;
 pub use entry::{
-    check_append, check_session, Appended, Entry, EntryError, Kind, NewEntry, SessionInfo,
-    MAX_KEY_BYTES, MAX_PAYLOAD_BYTES, MAX_SESSION_ID_BYTES,
+    check_append, check_session, Appended, Entry, EntryError, Kind, NewEntry, SessionInfo, MAX_KEY_BYTES,
+    MAX_PAYLOAD_BYTES, MAX_SESSION_ID_BYTES,
 };
 pub use follow::Follow;
 pub use sqlite::SqliteLog;

@@ -37,17 +37,10 @@ impl SqliteLog {
         let path = path.as_ref();
         let notifier = Arc::new(Notifier::default());
         let writer = Writer::start(path, notifier.clone())?;
-        let readers = Arc::new(Readers {
-            path: path.to_owned(),
-            idle: Mutex::new(Vec::new()),
-        });
+        let readers = Arc::new(Readers { path: path.to_owned(), idle: Mutex::new(Vec::new()) });
         // Fail now rather than on the first read if the file cannot be read.
         readers.put(readers.take()?);
-        Ok(SqliteLog {
-            writer,
-            readers,
-            notifier,
-        })
+        Ok(SqliteLog { writer, readers, notifier })
     }
 
     /// Appends `count` copies of one entry in a few large transactions, much
@@ -61,10 +54,7 @@ impl SqliteLog {
         payload: &serde_json::Value,
     ) -> Result<u64, StoreError> {
         let text = entry::check_append(session, &NewEntry::new(kind, payload.clone()))?;
-        Ok(self
-            .writer
-            .fill(session.to_owned(), count, kind, text)
-            .await?)
+        Ok(self.writer.fill(session.to_owned(), count, kind, text).await?)
     }
 }
 
@@ -126,54 +116,27 @@ impl Readers {
         Ok(result?)
     }
 
-    async fn read(
-        self: &Arc<Self>,
-        session: String,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Entry>, StoreError> {
-        self.run(move |conn| db::read_range(conn, &session, after, limit))
-            .await
+    async fn read(self: &Arc<Self>, session: String, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.run(move |conn| db::read_range(conn, &session, after, limit)).await
     }
 }
 
 impl LogStore for SqliteLog {
-    fn append<'a>(
-        &'a self,
-        session: &'a str,
-        entry: NewEntry,
-    ) -> BoxFuture<'a, Result<Appended, StoreError>> {
+    fn append<'a>(&'a self, session: &'a str, entry: NewEntry) -> BoxFuture<'a, Result<Appended, StoreError>> {
         Box::pin(async move {
             let text = entry::check_append(session, &entry)?;
-            let outcome = self
-                .writer
-                .append(session.to_owned(), entry.kind, text, entry.key.clone())
-                .await?;
+            let outcome = self.writer.append(session.to_owned(), entry.kind, text, entry.key.clone()).await?;
             Ok(match outcome {
                 Outcome::New { seq, time_ms } => Appended {
-                    entry: Entry {
-                        seq,
-                        time_ms,
-                        kind: entry.kind,
-                        payload: entry.payload,
-                        key: entry.key,
-                    },
+                    entry: Entry { seq, time_ms, kind: entry.kind, payload: entry.payload, key: entry.key },
                     duplicate: false,
                 },
-                Outcome::Duplicate(original) => Appended {
-                    entry: original,
-                    duplicate: true,
-                },
+                Outcome::Duplicate(original) => Appended { entry: original, duplicate: true },
             })
         })
     }
 
-    fn read<'a>(
-        &'a self,
-        session: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+    fn read<'a>(&'a self, session: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
         Box::pin(async move {
             entry::check_session(session)?;
             self.readers.read(session.to_owned(), after, limit).await
@@ -184,17 +147,11 @@ impl LogStore for SqliteLog {
         Box::pin(async move {
             entry::check_session(session)?;
             let session = session.to_owned();
-            self.readers
-                .run(move |conn| db::last_seq(conn, &session))
-                .await
+            self.readers.run(move |conn| db::last_seq(conn, &session)).await
         })
     }
 
-    fn follow<'a>(
-        &'a self,
-        session: &'a str,
-        after: u64,
-    ) -> BoxFuture<'a, Result<Follow, StoreError>> {
+    fn follow<'a>(&'a self, session: &'a str, after: u64) -> BoxFuture<'a, Result<Follow, StoreError>> {
         Box::pin(async move {
             entry::check_session(session)?;
             let changes = self.notifier.subscribe(session);

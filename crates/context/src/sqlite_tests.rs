@@ -54,13 +54,7 @@ async fn a_retried_key_returns_the_original() {
     let (_dir, log) = open();
     let first = log.append("s", user("hello").with_key("m1")).await.unwrap();
     log.append("s", user("other")).await.unwrap();
-    let retry = log
-        .append(
-            "s",
-            NewEntry::new(Kind::Event, json!("changed")).with_key("m1"),
-        )
-        .await
-        .unwrap();
+    let retry = log.append("s", NewEntry::new(Kind::Event, json!("changed")).with_key("m1")).await.unwrap();
     assert!(retry.duplicate);
     assert_eq!(retry.entry, first.entry);
     assert_eq!(retry.entry.key.as_deref(), Some("m1"));
@@ -78,11 +72,7 @@ async fn concurrent_retries_of_one_key_add_one_entry() {
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let log = log.clone();
-            tokio::spawn(async move {
-                log.append("s", user(&i.to_string()).with_key("once"))
-                    .await
-                    .unwrap()
-            })
+            tokio::spawn(async move { log.append("s", user(&i.to_string()).with_key("once")).await.unwrap() })
         })
         .collect();
     let mut results = Vec::new();
@@ -115,26 +105,17 @@ async fn sixteen_concurrent_appenders_get_every_seq_once_in_order() {
     let mut acknowledged = HashSet::new();
     for t in tasks {
         let got = t.await.unwrap();
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "one appender's order: {got:?}"
-        );
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "one appender's order: {got:?}");
         acknowledged.extend(got);
     }
     let total = APPENDERS * EACH;
     assert_eq!(acknowledged, (1..=total).collect::<HashSet<_>>());
     let entries = log.read("s", 0, usize::MAX).await.unwrap();
-    assert_eq!(
-        entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (1..=total).collect::<Vec<_>>()
-    );
+    assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
     // Each appender's entries are stored in the order it appended them.
     for a in 0..APPENDERS {
-        let is: Vec<u64> = entries
-            .iter()
-            .filter(|e| e.payload["a"] == a)
-            .map(|e| e.payload["i"].as_u64().unwrap())
-            .collect();
+        let is: Vec<u64> =
+            entries.iter().filter(|e| e.payload["a"] == a).map(|e| e.payload["i"].as_u64().unwrap()).collect();
         assert_eq!(is, (0..EACH).collect::<Vec<_>>());
     }
 }
@@ -193,23 +174,14 @@ async fn follow_sees_stored_then_live_entries_while_appends_race() {
         while got.last() != Some(&TOTAL) {
             got.push(next(&mut follow).await.unwrap().seq);
         }
-        assert_eq!(
-            got,
-            (after + 1..=TOTAL).collect::<Vec<_>>(),
-            "after {after}"
-        );
+        assert_eq!(got, (after + 1..=TOTAL).collect::<Vec<_>>(), "after {after}");
     }
     appender.await.unwrap();
     // A follower at the end gets the next live entry, and only it.
     let mut follow = log.follow("s", TOTAL).await.unwrap();
     log.append("s", user("last")).await.unwrap();
     assert_eq!(next(&mut follow).await.unwrap().seq, TOTAL + 1);
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), follow.next())
-            .await
-            .is_err(),
-        "nothing more"
-    );
+    assert!(tokio::time::timeout(Duration::from_millis(100), follow.next()).await.is_err(), "nothing more");
 }
 
 #[tokio::test]
@@ -257,35 +229,17 @@ async fn bad_input_is_a_clear_error_and_changes_nothing() {
             Ok(_) => panic!("accepted"),
         }
     }
-    assert_eq!(
-        invalid(log.append("", user("a")).await),
-        EntryError::EmptySession
-    );
+    assert_eq!(invalid(log.append("", user("a")).await), EntryError::EmptySession);
     assert_eq!(invalid(log.read("", 0, 1).await), EntryError::EmptySession);
     assert_eq!(invalid(log.last_seq("").await), EntryError::EmptySession);
     assert_eq!(invalid(log.follow("", 0).await), EntryError::EmptySession);
-    assert_eq!(
-        invalid(log.delete_session("").await),
-        EntryError::EmptySession
-    );
-    let huge = NewEntry::new(
-        Kind::Assistant,
-        Value::String("x".repeat(MAX_PAYLOAD_BYTES)),
-    );
+    assert_eq!(invalid(log.delete_session("").await), EntryError::EmptySession);
+    let huge = NewEntry::new(Kind::Assistant, Value::String("x".repeat(MAX_PAYLOAD_BYTES)));
     let err = invalid(log.append("s", huge).await);
     assert!(matches!(err, EntryError::PayloadTooLarge { .. }));
-    assert!(
-        err.to_string().contains("more than the limit of 1048576"),
-        "{err}"
-    );
-    assert_eq!(
-        invalid(log.append("s", user("a").with_key("")).await),
-        EntryError::EmptyKey
-    );
-    assert_eq!(
-        "robot".parse::<Kind>(),
-        Err(EntryError::UnknownKind("robot".into()))
-    );
+    assert!(err.to_string().contains("more than the limit of 1048576"), "{err}");
+    assert_eq!(invalid(log.append("s", user("a").with_key("")).await), EntryError::EmptyKey);
+    assert_eq!("robot".parse::<Kind>(), Err(EntryError::UnknownKind("robot".into())));
     assert_eq!(log.last_seq("s").await.unwrap(), 0);
     assert!(log.sessions().await.unwrap().is_empty());
 }
@@ -301,13 +255,7 @@ async fn sessions_are_independent() {
     }
     assert_eq!(seqs(&*log, "a").await, vec![1, 2, 3, 4]);
     assert_eq!(seqs(&*log, "b").await, vec![1, 2]);
-    let listed: Vec<_> = log
-        .sessions()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| (s.id, s.last_seq))
-        .collect();
+    let listed: Vec<_> = log.sessions().await.unwrap().into_iter().map(|s| (s.id, s.last_seq)).collect();
     assert_eq!(listed, vec![("a".to_owned(), 4), ("b".to_owned(), 2)]);
 
     assert_eq!(log.delete_session("a").await.unwrap(), 4);

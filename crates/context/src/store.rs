@@ -35,20 +35,11 @@ pub trait LogStore: Send + Sync {
     /// returns it once it is durable. With a key already used in this session,
     /// adds nothing and returns the original entry with `duplicate: true`
     /// (whatever the kind and payload of the retry).
-    fn append<'a>(
-        &'a self,
-        session: &'a str,
-        entry: NewEntry,
-    ) -> BoxFuture<'a, Result<Appended, StoreError>>;
+    fn append<'a>(&'a self, session: &'a str, entry: NewEntry) -> BoxFuture<'a, Result<Appended, StoreError>>;
 
     /// Up to `limit` entries of `session` with `seq > after`, in seq order.
     /// An unknown session has no entries.
-    fn read<'a>(
-        &'a self,
-        session: &'a str,
-        after: u64,
-        limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
+    fn read<'a>(&'a self, session: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
 
     /// The last seq of `session` (its number of entries); 0 if it has none.
     fn last_seq<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
@@ -57,11 +48,7 @@ pub trait LogStore: Send + Sync {
     /// ones as they are appended, each exactly once and in order. The stream
     /// ends when the session is deleted or the store closes, and stops its
     /// work when the [`Follow`] is dropped.
-    fn follow<'a>(
-        &'a self,
-        session: &'a str,
-        after: u64,
-    ) -> BoxFuture<'a, Result<Follow, StoreError>>;
+    fn follow<'a>(&'a self, session: &'a str, after: u64) -> BoxFuture<'a, Result<Follow, StoreError>>;
 
     /// Deletes `session` and all its entries; returns how many entries it
     /// had. A later append starts it again at seq 1.

@@ -56,17 +56,8 @@ struct Append {
 
 enum Command {
     Append(Append),
-    Delete {
-        session: String,
-        reply: oneshot::Sender<Result<u64, WriterError>>,
-    },
-    Fill {
-        session: String,
-        count: u64,
-        kind: Kind,
-        payload: String,
-        reply: oneshot::Sender<Result<u64, WriterError>>,
-    },
+    Delete { session: String, reply: oneshot::Sender<Result<u64, WriterError>> },
+    Fill { session: String, count: u64, kind: Kind, payload: String, reply: oneshot::Sender<Result<u64, WriterError>> },
 }
 
 /// Handle of the writer thread; dropping it lets the thread finish the
@@ -85,10 +76,7 @@ impl Writer {
             .name("hiber-context-writer".into())
             .spawn(move || run(conn, rx, &notifier))
             .map_err(SqliteError::Spawn)?;
-        Ok(Writer {
-            tx: Some(tx),
-            thread: Some(thread),
-        })
+        Ok(Writer { tx: Some(tx), thread: Some(thread) })
     }
 
     async fn call<T>(
@@ -109,16 +97,7 @@ impl Writer {
         payload: String,
         key: Option<String>,
     ) -> Result<Outcome, WriterError> {
-        self.call(|reply| {
-            Command::Append(Append {
-                session,
-                kind,
-                payload,
-                key,
-                reply,
-            })
-        })
-        .await
+        self.call(|reply| Command::Append(Append { session, kind, payload, key, reply })).await
     }
 
     /// Deletes a session; returns how many entries it had.
@@ -135,14 +114,7 @@ impl Writer {
         kind: Kind,
         payload: String,
     ) -> Result<u64, WriterError> {
-        self.call(|reply| Command::Fill {
-            session,
-            count,
-            kind,
-            payload,
-            reply,
-        })
-        .await
+        self.call(|reply| Command::Fill { session, count, kind, payload, reply }).await
     }
 }
 
@@ -158,9 +130,7 @@ impl Drop for Writer {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The thread's loop: batches consecutive appends, runs other commands alone,
@@ -193,13 +163,7 @@ fn run(mut conn: Connection, mut rx: mpsc::UnboundedReceiver<Command>, notifier:
                 }
                 let _ = reply.send(result.map_err(|e| WriterError::Batch(Arc::new(e))));
             }
-            Command::Fill {
-                session,
-                count,
-                kind,
-                payload,
-                reply,
-            } => {
+            Command::Fill { session, count, kind, payload, reply } => {
                 let result = fill(&mut conn, &session, count, kind, &payload);
                 if let Ok(last) = result {
                     notifier.publish(&session, last);
@@ -248,15 +212,7 @@ fn commit_appends(conn: &mut Connection, batch: Vec<Append>, notifier: &Notifier
                 Some(last) => last + 1,
                 None => db::last_seq(tx, &append.session)? + 1,
             };
-            db::insert_entry(
-                tx,
-                &append.session,
-                seq,
-                time_ms,
-                append.kind,
-                &append.payload,
-                append.key.as_deref(),
-            )?;
+            db::insert_entry(tx, &append.session, seq, time_ms, append.kind, &append.payload, append.key.as_deref())?;
             last_seqs.insert(&append.session, seq);
             outcomes.push(Ok(Outcome::New { seq, time_ms }));
         }
@@ -284,13 +240,7 @@ fn commit_appends(conn: &mut Connection, batch: Vec<Append>, notifier: &Notifier
 }
 
 /// Appends `count` copies of an entry in transactions of [`FILL_CHUNK`].
-fn fill(
-    conn: &mut Connection,
-    session: &str,
-    count: u64,
-    kind: Kind,
-    payload: &str,
-) -> Result<u64, SqliteError> {
+fn fill(conn: &mut Connection, session: &str, count: u64, kind: Kind, payload: &str) -> Result<u64, SqliteError> {
     let mut last = db::last_seq(conn, session)?;
     let end = last.saturating_add(count);
     while last < end {

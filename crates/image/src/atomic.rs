@@ -31,25 +31,12 @@ pub enum AtomicError {
 
 /// Replaces `path` with `bytes` atomically and durably.
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
-    let err = |source| AtomicError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| AtomicError::Write { path: path.to_path_buf(), source };
     let dir = parent(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{:016x}",
-        name.to_string_lossy(),
-        rand::random::<u64>()
-    ));
+    let name = path.file_name().ok_or_else(|| err(io::Error::new(io::ErrorKind::InvalidInput, "no file name")))?;
+    let tmp = dir.join(format!(".{}.tmp-{:016x}", name.to_string_lossy(), rand::random::<u64>()));
     let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -63,10 +50,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), AtomicError> {
 
 /// Removes `path` and syncs its directory, so the removal survives a crash.
 pub(crate) fn remove_file(path: &Path) -> Result<(), AtomicError> {
-    let err = |source| AtomicError::Remove {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| AtomicError::Remove { path: path.to_path_buf(), source };
     fs::remove_file(path).map_err(err)?;
     sync_dir(parent(path)).map_err(err)
 }
@@ -88,10 +72,8 @@ mod tests {
     use super::*;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }

@@ -49,14 +49,8 @@ pub(crate) fn populate(root: &Path, busybox: &Path) -> Result<String, BusyboxErr
     if !is_static_elf(busybox)? {
         return Err(BusyboxError::NotInstalled);
     }
-    let list_err = |reason: String| BusyboxError::List {
-        busybox: busybox.to_path_buf(),
-        reason,
-    };
-    let out = Command::new(busybox)
-        .arg("--list-full")
-        .output()
-        .map_err(|e| list_err(e.to_string()))?;
+    let list_err = |reason: String| BusyboxError::List { busybox: busybox.to_path_buf(), reason };
+    let out = Command::new(busybox).arg("--list-full").output().map_err(|e| list_err(e.to_string()))?;
     if !out.status.success() {
         return Err(list_err(out.status.to_string()));
     }
@@ -124,24 +118,14 @@ fn version(busybox: &Path) -> String {
     let banner = Command::new(busybox)
         .arg("--help")
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
         .unwrap_or_default();
     if let Some(rest) = banner.split("(Debian ").nth(1) {
         if let Some(v) = rest.split(')').next() {
             return v.to_string();
         }
     }
-    banner
-        .split_whitespace()
-        .find(|w| w.starts_with('v'))
-        .unwrap_or("unknown")
-        .to_string()
+    banner.split_whitespace().find(|w| w.starts_with('v')).unwrap_or("unknown").to_string()
 }
 
 /// Whether `path` is a 64-bit little-endian ELF file without a program interpreter, i.e. a
@@ -197,10 +181,7 @@ mod tests {
         let empty = dir.path().join("empty");
         fs::write(&empty, b"").unwrap();
         assert!(!is_static_elf(&empty).unwrap());
-        assert!(matches!(
-            is_static_elf(&dir.path().join("missing")),
-            Err(BusyboxError::NotInstalled)
-        ));
+        assert!(matches!(is_static_elf(&dir.path().join("missing")), Err(BusyboxError::NotInstalled)));
         let cp = Path::new("/bin/cp");
         if cp.exists() {
             assert!(!is_static_elf(cp).unwrap());
@@ -220,9 +201,6 @@ mod tests {
             return;
         }
         let err = populate(&root, cp).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "busybox-static is not installed: run scripts/setup.sh"
-        );
+        assert_eq!(err.to_string(), "busybox-static is not installed: run scripts/setup.sh");
     }
 }

@@ -21,20 +21,10 @@ pub struct CopyError {
 /// Copies the contents (and the attributes) of directory `src` into the existing directory
 /// `dst`. With `hardlink`, files are hard-linked instead of copied (same filesystem only).
 pub(crate) fn copy_tree(src: &Path, dst: &Path, hardlink: bool) -> Result<(), CopyError> {
-    let err = |reason: String| CopyError {
-        src: src.to_path_buf(),
-        dst: dst.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| CopyError { src: src.to_path_buf(), dst: dst.to_path_buf(), reason };
     let mut cmd = Command::new("cp");
-    cmd.arg(if hardlink { "-al" } else { "-a" })
-        .arg("--")
-        .arg(src.join("."))
-        .arg(dst)
-        .env("LC_ALL", "C");
-    let out = cmd
-        .output()
-        .map_err(|e| err(format!("cannot run cp: {e}")))?;
+    cmd.arg(if hardlink { "-al" } else { "-a" }).arg("--").arg(src.join(".")).arg(dst).env("LC_ALL", "C");
+    let out = cmd.output().map_err(|e| err(format!("cannot run cp: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
@@ -62,10 +52,7 @@ mod tests {
         fs::create_dir(&copy).unwrap();
         copy_tree(&src, &copy, false).unwrap();
         assert_eq!(fs::read(copy.join("etc/f")).unwrap(), b"content");
-        assert_eq!(
-            fs::read_link(copy.join("link")).unwrap(),
-            Path::new("etc/f")
-        );
+        assert_eq!(fs::read_link(copy.join("link")).unwrap(), Path::new("etc/f"));
         let meta = fs::metadata(copy.join("etc/f")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
         assert_eq!(meta.nlink(), 1);

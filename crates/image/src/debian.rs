@@ -86,10 +86,7 @@ pub(crate) fn cache_dir() -> PathBuf {
 
 /// Returns the cached Debian root filesystem under `cache`, running debootstrap first when it
 /// is not there yet. Progress lines (debootstrap's own among them) go to `progress`.
-pub(crate) fn cached_rootfs(
-    cache: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<PathBuf, DebianError> {
+pub(crate) fn cached_rootfs(cache: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, DebianError> {
     let mirror = mirror::find(Path::new(APT_DIR), SUITE)?;
     let params = format!(
         "suite={SUITE}\nvariant={VARIANT}\ninclude={INCLUDE}\nmirror={mirror}\narch={}\n",
@@ -100,9 +97,7 @@ pub(crate) fn cached_rootfs(
 
     let root = cache.join("rootfs");
     fs::create_dir_all(&root).map_err(io_err(format!("cannot create {}", root.display())))?;
-    let root = root
-        .canonicalize()
-        .map_err(io_err(format!("cannot resolve {}", root.display())))?;
+    let root = root.canonicalize().map_err(io_err(format!("cannot resolve {}", root.display())))?;
     let done = root.join(&key);
     if done.is_dir() {
         return Ok(done);
@@ -128,17 +123,11 @@ pub(crate) fn cached_rootfs(
     let tmp_prefix = format!(".tmp-{key}-");
     remove_stale(&root, &tmp_prefix)?;
     let tmp = root.join(format!("{tmp_prefix}{:016x}", rand::random::<u64>()));
-    progress(&format!(
-        "running debootstrap {SUITE} ({VARIANT} + {INCLUDE}) for the machine cache {}",
-        root.display()
-    ));
+    progress(&format!("running debootstrap {SUITE} ({VARIANT} + {INCLUDE}) for the machine cache {}", root.display()));
     let built = debootstrap(&mirror, &tmp, &lock, progress).and_then(|()| {
         clean_apt_caches(&tmp)?;
         if let Some(mount) = mounts_under(&tmp)?.into_iter().next() {
-            return Err(DebianError::Mounted {
-                dir: tmp.clone(),
-                mount,
-            });
+            return Err(DebianError::Mounted { dir: tmp.clone(), mount });
         }
         let what = || format!("cannot move {} to {}", tmp.display(), done.display());
         let dir = File::open(&tmp).map_err(io_err(what()))?;
@@ -158,20 +147,13 @@ pub(crate) fn cached_rootfs(
 }
 
 /// Runs debootstrap into `target`, streaming its output lines to `progress`.
-fn debootstrap(
-    mirror: &str,
-    target: &Path,
-    lock: &File,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(), DebianError> {
+fn debootstrap(mirror: &str, target: &Path, lock: &File, progress: &mut dyn FnMut(&str)) -> Result<(), DebianError> {
     let program = find_program("debootstrap").ok_or(DebianError::NotInstalled("debootstrap"))?;
     let unshare = find_program("unshare").ok_or(DebianError::NotInstalled("unshare"))?;
     // The lock file is debootstrap's stdin (it reads nothing; an empty file reads like
     // /dev/null): debootstrap and its children then hold the lock too, so if this process is
     // killed, no other builder starts while they still write into the tree.
-    let stdin = lock
-        .try_clone()
-        .map_err(io_err("cannot pass the lock to debootstrap"))?;
+    let stdin = lock.try_clone().map_err(io_err("cannot pass the lock to debootstrap"))?;
     let mut child = Command::new(unshare)
         .args(["--mount", "--propagation", "private", "--"])
         .arg(program)
@@ -205,9 +187,7 @@ fn debootstrap(
     for reader in [stdout, stderr].into_iter().flatten() {
         let _ = reader.join();
     }
-    let status = child
-        .wait()
-        .map_err(io_err("cannot wait for debootstrap"))?;
+    let status = child.wait().map_err(io_err("cannot wait for debootstrap"))?;
     if status.success() {
         return Ok(());
     }
@@ -222,10 +202,7 @@ fn debootstrap(
 }
 
 /// Sends every line read from `source` down `tx`, on a thread of its own.
-fn forward_lines(
-    source: impl Read + Send + 'static,
-    tx: mpsc::Sender<String>,
-) -> thread::JoinHandle<()> {
+fn forward_lines(source: impl Read + Send + 'static, tx: mpsc::Sender<String>) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(source);
         let mut buf = Vec::new();
@@ -265,11 +242,7 @@ fn clean_apt_caches(tree: &Path) -> Result<(), DebianError> {
             if keep(&path, &meta) {
                 continue;
             }
-            let removed = if meta.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
+            let removed = if meta.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
             removed.map_err(io_err(what()))?;
         }
         Ok(())
@@ -297,27 +270,18 @@ fn remove_stale(root: &Path, prefix: &str) -> Result<(), DebianError> {
 /// not run in its own mount namespace): deleting through a mount would delete host files.
 fn remove_tmp(dir: &Path) -> Result<(), DebianError> {
     if let Some(mount) = mounts_under(dir)?.into_iter().next() {
-        return Err(DebianError::Mounted {
-            dir: dir.to_path_buf(),
-            mount,
-        });
+        return Err(DebianError::Mounted { dir: dir.to_path_buf(), mount });
     }
     match fs::remove_dir_all(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(io_err(format!("cannot remove {}", dir.display()))(e))
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(format!("cannot remove {}", dir.display()))(e)),
         _ => Ok(()),
     }
 }
 
 /// Mount points at or below `dir` (an absolute, canonical path) in this mount namespace.
 fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, DebianError> {
-    let info = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_err("cannot read /proc/self/mountinfo"))?;
-    Ok(parse_mountinfo(&info)
-        .into_iter()
-        .filter(|m| m.starts_with(dir))
-        .collect())
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(io_err("cannot read /proc/self/mountinfo"))?;
+    Ok(parse_mountinfo(&info).into_iter().filter(|m| m.starts_with(dir)).collect())
 }
 
 /// The mount points (5th field, octal escapes decoded) of a mountinfo text.
@@ -373,10 +337,7 @@ mod tests {
         assert!(!root.join(".tmp-debian-x-1").exists());
         assert!(root.join("debian-x").exists());
         // `/` is always a mount point, so it is never removed.
-        assert!(matches!(
-            remove_tmp(Path::new("/")),
-            Err(DebianError::Mounted { .. })
-        ));
+        assert!(matches!(remove_tmp(Path::new("/")), Err(DebianError::Mounted { .. })));
     }
 
     #[test]
@@ -394,9 +355,6 @@ mod tests {
         assert!(t.join("var/cache/apt/archives/lock").exists());
         assert!(t.join("var/cache/apt/archives/partial").is_dir());
         assert!(!t.join("var/cache/apt/pkgcache.bin").exists());
-        assert_eq!(
-            fs::read_dir(t.join("var/lib/apt/lists")).unwrap().count(),
-            0
-        );
+        assert_eq!(fs::read_dir(t.join("var/lib/apt/lists")).unwrap().count(), 0);
     }
 }

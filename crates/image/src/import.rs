@@ -57,16 +57,10 @@ pub enum ImportError {
 }
 
 /// Fills the empty directory `dst` from `src` (a directory or a tarball).
-pub(crate) fn import(
-    src: &Path,
-    dst: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(), ImportError> {
+pub(crate) fn import(src: &Path, dst: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), ImportError> {
     let meta = match fs::metadata(src) {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ImportError::Missing(src.to_path_buf()))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ImportError::Missing(src.to_path_buf())),
         Err(e) => return Err(archive_err(src, &e)),
     };
     if meta.is_dir() {
@@ -75,10 +69,7 @@ pub(crate) fn import(
     } else if meta.is_file() {
         let file = File::open(src).map_err(|e| archive_err(src, &e))?;
         let mut reader = BufReader::new(file);
-        let gzip = reader
-            .fill_buf()
-            .map_err(|e| archive_err(src, &e))?
-            .starts_with(&[0x1f, 0x8b]);
+        let gzip = reader.fill_buf().map_err(|e| archive_err(src, &e))?.starts_with(&[0x1f, 0x8b]);
         if gzip {
             progress(&format!("extracting {} (gzip)", src.display()));
             extract(src, MultiGzDecoder::new(reader), dst)?;
@@ -89,10 +80,7 @@ pub(crate) fn import(
     } else {
         return Err(ImportError::Unsupported(src.to_path_buf()));
     }
-    let empty = fs::read_dir(dst)
-        .map_err(|e| archive_err(src, &e))?
-        .next()
-        .is_none();
+    let empty = fs::read_dir(dst).map_err(|e| archive_err(src, &e))?.next().is_none();
     if empty {
         return Err(ImportError::Empty(src.to_path_buf()));
     }
@@ -110,10 +98,7 @@ fn archive_err(path: &Path, err: &(dyn std::error::Error + 'static)) -> ImportEr
         }
         cause = c.source();
     }
-    ImportError::Archive {
-        path: path.to_path_buf(),
-        reason,
-    }
+    ImportError::Archive { path: path.to_path_buf(), reason }
 }
 
 /// Counts the bytes read and remembers whether the reader ran dry. The `tar` crate stops at
@@ -150,11 +135,7 @@ impl<R: Read> Read for EofWatch<'_, R> {
 fn extract(src: &Path, reader: impl Read, dst: &Path) -> Result<(), ImportError> {
     let bytes = Cell::new(0);
     let ended = Cell::new(false);
-    let watch = EofWatch {
-        inner: reader,
-        bytes: &bytes,
-        ended: &ended,
-    };
+    let watch = EofWatch { inner: reader, bytes: &bytes, ended: &ended };
     let result = extract_entries(src, watch, dst);
     match (ended.get(), bytes.get()) {
         (true, 0) => Err(ImportError::Empty(src.to_path_buf())),
@@ -187,16 +168,11 @@ fn extract_entries(src: &Path, reader: impl Read, dst: &Path) -> Result<(), Impo
         let mut entry = entry.map_err(|e| not_tar(&e, seen))?;
         let path = entry.path().map_err(|e| archive_err(src, &e))?.into_owned();
         if path.components().any(|c| c == Component::ParentDir) {
-            return Err(ImportError::Escapes {
-                path: src.to_path_buf(),
-                entry: path.display().to_string(),
-            });
+            return Err(ImportError::Escapes { path: src.to_path_buf(), entry: path.display().to_string() });
         }
         match entry.header().entry_type() {
             EntryType::Directory => dirs.push(entry),
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                make_node(src, &entry, &path, dst)?
-            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => make_node(src, &entry, &path, dst)?,
             _ => unpack(src, &mut entry, dst)?,
         }
     }
@@ -219,17 +195,9 @@ fn unpack<R: Read>(src: &Path, entry: &mut Entry<'_, R>, dst: &Path) -> Result<(
 }
 
 /// Creates a device node or FIFO entry (the `tar` crate would write an empty regular file).
-fn make_node<R: Read>(
-    src: &Path,
-    entry: &Entry<'_, R>,
-    rel: &Path,
-    dst: &Path,
-) -> Result<(), ImportError> {
+fn make_node<R: Read>(src: &Path, entry: &Entry<'_, R>, rel: &Path, dst: &Path) -> Result<(), ImportError> {
     let err = |e: io::Error| archive_err(src, &e);
-    let escapes = || ImportError::Escapes {
-        path: src.to_path_buf(),
-        entry: rel.display().to_string(),
-    };
+    let escapes = || ImportError::Escapes { path: src.to_path_buf(), entry: rel.display().to_string() };
     let parts: Vec<_> = rel
         .components()
         .filter_map(|c| match c {
@@ -253,10 +221,7 @@ fn make_node<R: Read>(
                     return Err(escapes());
                 }
                 if !real.is_dir() {
-                    return Err(archive_err(
-                        src,
-                        &io::Error::other(format!("{} is not a directory", rel.display())),
-                    ));
+                    return Err(archive_err(src, &io::Error::other(format!("{} is not a directory", rel.display()))));
                 }
                 dir = real;
             }
@@ -291,10 +256,7 @@ fn make_node<R: Read>(
     let rc = unsafe { libc::mknod(path.as_ptr(), kind | mode, libc::makedev(major, minor)) };
     if rc != 0 {
         let e = io::Error::last_os_error();
-        return Err(archive_err(
-            src,
-            &io::Error::new(e.kind(), format!("cannot create {}: {e}", rel.display())),
-        ));
+        return Err(archive_err(src, &io::Error::new(e.kind(), format!("cannot create {}: {e}", rel.display()))));
     }
     let uid = u32::try_from(header.uid().map_err(err)?).ok();
     let gid = u32::try_from(header.gid().map_err(err)?).ok();
@@ -331,13 +293,11 @@ pub(crate) mod tests {
         b.append_data(&mut dir, "root/", io::empty()).unwrap();
         let mut file = header(EntryType::Regular, 0o750);
         file.set_size(5);
-        b.append_data(&mut file, "usr/bin/hello", &b"hello"[..])
-            .unwrap();
+        b.append_data(&mut file, "usr/bin/hello", &b"hello"[..]).unwrap();
         let mut link = header(EntryType::Symlink, 0o777);
         b.append_link(&mut link, "bin", "usr/bin").unwrap();
         let mut hard = header(EntryType::Link, 0o750);
-        b.append_link(&mut hard, "usr/bin/hello2", "usr/bin/hello")
-            .unwrap();
+        b.append_link(&mut hard, "usr/bin/hello2", "usr/bin/hello").unwrap();
         let mut fifo = header(EntryType::Fifo, 0o600);
         b.append_data(&mut fifo, "run/fifo", io::empty()).unwrap();
         let mut null = header(EntryType::Char, 0o666);
@@ -354,9 +314,7 @@ pub(crate) mod tests {
     }
 
     fn is_root() -> bool {
-        fs::metadata("/proc/self")
-            .map(|m| m.uid() == 0)
-            .unwrap_or(false)
+        fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
     }
 
     fn check_sample(root: &Path) {
@@ -365,10 +323,7 @@ pub(crate) mod tests {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750);
         assert_eq!(meta.mtime(), 1_000_000_000);
         assert_eq!(meta.nlink(), 2);
-        assert_eq!(
-            fs::read_link(root.join("bin")).unwrap(),
-            Path::new("usr/bin")
-        );
+        assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
         let dir = fs::metadata(root.join("root")).unwrap();
         assert_eq!(dir.permissions().mode() & 0o7777, 0o700);
         let fifo = fs::symlink_metadata(root.join("run/fifo")).unwrap();
@@ -414,10 +369,7 @@ pub(crate) mod tests {
         let copy = dir.path().join("copy");
         fs::create_dir(&copy).unwrap();
         let mut lines = Vec::new();
-        import(&dir.path().join("root"), &copy, &mut |l| {
-            lines.push(l.to_string())
-        })
-        .unwrap();
+        import(&dir.path().join("root"), &copy, &mut |l| lines.push(l.to_string())).unwrap();
         check_sample(&copy);
         assert!(lines[0].starts_with("copying "), "{lines:?}");
     }
@@ -439,14 +391,9 @@ pub(crate) mod tests {
         }
         let (_d, r) = run(&corrupt);
         let msg = r.unwrap_err().to_string();
-        assert!(
-            msg.starts_with("cannot import ") && !msg.contains('\n'),
-            "{msg}"
-        );
+        assert!(msg.starts_with("cannot import ") && !msg.contains('\n'), "{msg}");
 
-        let (_d, r) = run(b"this is not a tarball at all, just text\n"
-            .repeat(20)
-            .as_slice());
+        let (_d, r) = run(b"this is not a tarball at all, just text\n".repeat(20).as_slice());
         let msg = r.unwrap_err().to_string();
         assert!(msg.contains("not a tar archive"), "{msg}");
 
@@ -460,10 +407,7 @@ pub(crate) mod tests {
         let r = import(&dir.path().join("missing.tar"), dir.path(), &mut |_| {});
         assert_eq!(
             r.unwrap_err().to_string(),
-            format!(
-                "cannot import {}: no such file or directory",
-                dir.path().join("missing.tar").display()
-            )
+            format!("cannot import {}: no such file or directory", dir.path().join("missing.tar").display())
         );
     }
 
@@ -512,9 +456,6 @@ pub(crate) mod tests {
         // Absolute paths are contained, not rejected.
         let (dir, r) = run(&tar_with_raw_name(&base, b"/etc/contained"));
         r.unwrap();
-        assert_eq!(
-            fs::read(dir.path().join("root/etc/contained")).unwrap(),
-            b"evil"
-        );
+        assert_eq!(fs::read(dir.path().join("root/etc/contained")).unwrap(), b"evil");
     }
 }

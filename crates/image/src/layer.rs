@@ -123,8 +123,7 @@ impl LayerStore {
     /// killed processes. Staging directories of live processes are left alone.
     pub fn open(dir: impl Into<PathBuf>) -> Result<LayerStore, LayerError> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)
-            .map_err(LayerError::io(format!("cannot create {}", dir.display())))?;
+        fs::create_dir_all(&dir).map_err(LayerError::io(format!("cannot create {}", dir.display())))?;
         let store = LayerStore { dir };
         store.clean_leftovers()?;
         Ok(store)
@@ -138,20 +137,10 @@ impl LayerStore {
     /// All finished layers, sorted by id. Staging directories are never listed.
     pub fn list(&self) -> Result<Vec<LayerId>, LayerError> {
         let mut ids = Vec::new();
-        let entries = fs::read_dir(&self.dir).map_err(LayerError::io(format!(
-            "cannot read {}",
-            self.dir.display()
-        )))?;
+        let entries = fs::read_dir(&self.dir).map_err(LayerError::io(format!("cannot read {}", self.dir.display())))?;
         for entry in entries {
-            let entry = entry.map_err(LayerError::io(format!(
-                "cannot read {}",
-                self.dir.display()
-            )))?;
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| LayerId::parse(n).ok())
-            {
+            let entry = entry.map_err(LayerError::io(format!("cannot read {}", self.dir.display())))?;
+            if let Some(id) = entry.file_name().to_str().and_then(|n| LayerId::parse(n).ok()) {
                 ids.push(id);
             }
         }
@@ -163,9 +152,7 @@ impl LayerStore {
     /// returned [`Staging`] is dropped without [`Staging::commit`].
     pub fn staging(&self) -> Result<Staging, LayerError> {
         loop {
-            let path = self
-                .dir
-                .join(format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()));
+            let path = self.dir.join(format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()));
             let what = || format!("cannot create staging directory {}", path.display());
             match fs::create_dir(&path) {
                 Ok(()) => {}
@@ -179,14 +166,8 @@ impl LayerStore {
             if lock.metadata().map_err(LayerError::io(what()))?.nlink() == 0 {
                 continue;
             }
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                .map_err(LayerError::io(what()))?;
-            return Ok(Staging {
-                path,
-                layers: self.dir.clone(),
-                lock,
-                committed: false,
-            });
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(LayerError::io(what()))?;
+            return Ok(Staging { path, layers: self.dir.clone(), lock, committed: false });
         }
     }
 
@@ -221,10 +202,7 @@ impl LayerStore {
         match moved {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(LayerError::NotFound(id.clone())),
-            Err(e) => Err(LayerError::io(format!(
-                "cannot remove layer {}",
-                path.display()
-            ))(e)),
+            Err(e) => Err(LayerError::io(format!("cannot remove layer {}", path.display()))(e)),
         }
     }
 
@@ -259,9 +237,7 @@ impl LayerStore {
         let what = || format!("cannot clean up {}", self.dir.display());
         for entry in fs::read_dir(&self.dir).map_err(LayerError::io(what()))? {
             let path = entry.map_err(LayerError::io(what()))?.path();
-            let is_staging = path
-                .file_name()
-                .is_some_and(|n| n.as_bytes().starts_with(STAGING_PREFIX.as_bytes()));
+            let is_staging = path.file_name().is_some_and(|n| n.as_bytes().starts_with(STAGING_PREFIX.as_bytes()));
             if !is_staging {
                 continue;
             }
@@ -272,10 +248,7 @@ impl LayerStore {
                 Err(e) => return Err(LayerError::io(what())(e)),
             };
             if lock_exclusive(&lock, false).map_err(LayerError::io(what()))? {
-                remove_tree(&path).map_err(LayerError::io(format!(
-                    "cannot remove leftover {}",
-                    path.display()
-                )))?;
+                remove_tree(&path).map_err(LayerError::io(format!("cannot remove leftover {}", path.display())))?;
             }
         }
         Ok(())
@@ -343,10 +316,9 @@ fn install_as(layers: &Path, src: &Path, fd: &File, id: &LayerId) -> Result<(), 
     match rename_noreplace(src, &layers.join(id.as_str())) {
         Ok(()) => sync_dir(layers).map_err(LayerError::io(what())),
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Err(LayerError::Exists(id.clone())),
-        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(LayerError::CrossDevice {
-            dir: src.to_path_buf(),
-            layers: layers.to_path_buf(),
-        }),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            Err(LayerError::CrossDevice { dir: src.to_path_buf(), layers: layers.to_path_buf() })
+        }
         Err(e) => Err(LayerError::io(what())(e)),
     }
 }
@@ -376,15 +348,8 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let to = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: both pointers are NUL-terminated strings that outlive the call; AT_FDCWD makes
     // relative paths resolve like rename(2) does.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 {
         Ok(())
     } else {
@@ -398,10 +363,8 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
@@ -409,13 +372,7 @@ mod tests {
     #[test]
     fn layer_ids_are_16_lowercase_hex() {
         assert!(LayerId::parse("0123456789abcdef").is_ok());
-        for bad in [
-            "",
-            "0123456789ABCDEF",
-            "0123456789abcde",
-            "../../etc/passwd",
-            "0123456789abcdeg",
-        ] {
+        for bad in ["", "0123456789ABCDEF", "0123456789abcde", "../../etc/passwd", "0123456789abcdeg"] {
             assert!(LayerId::parse(bad).is_err(), "{bad}");
         }
         let json = serde_json::to_string(&LayerId::parse("00000000000000ff").unwrap()).unwrap();
@@ -476,10 +433,7 @@ mod tests {
 
         let file = home.path().join("file");
         fs::write(&file, b"").unwrap();
-        assert!(matches!(
-            store.adopt(&file),
-            Err(LayerError::NotADirectory(_))
-        ));
+        assert!(matches!(store.adopt(&file), Err(LayerError::NotADirectory(_))));
         assert!(store.adopt(&home.path().join("missing")).is_err());
     }
 

@@ -10,11 +10,7 @@ use std::os::fd::AsRawFd;
 /// Takes an exclusive lock on `file`. With `wait` it blocks until the lock is free; without, it
 /// returns `Ok(false)` at once when another open file description holds the lock.
 pub(crate) fn lock_exclusive(file: &File, wait: bool) -> io::Result<bool> {
-    let op = if wait {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
     loop {
         // SAFETY: flock only takes a descriptor number; `file` keeps that descriptor open for
         // the whole call.

@@ -76,10 +76,8 @@ pub(crate) fn find(apt_dir: &Path, suite: &str) -> Result<String, MirrorError> {
         let text = fs::read_to_string(&file).map_err(read_err(&file))?;
         entries.extend(parse(&text));
     }
-    pick(&entries, suite).ok_or_else(|| MirrorError::NotFound {
-        apt_dir: apt_dir.to_path_buf(),
-        suite: suite.to_string(),
-    })
+    pick(&entries, suite)
+        .ok_or_else(|| MirrorError::NotFound { apt_dir: apt_dir.to_path_buf(), suite: suite.to_string() })
 }
 
 /// The first URI of an enabled `deb` entry serving `suite`/main over http(s), not security.
@@ -95,8 +93,7 @@ fn pick(entries: &[Entry], suite: &str) -> Option<String> {
         .flat_map(|e| e.uris.iter())
         .find(|uri| {
             let lower = uri.to_ascii_lowercase();
-            (lower.starts_with("http://") || lower.starts_with("https://"))
-                && !lower.contains("security")
+            (lower.starts_with("http://") || lower.starts_with("https://")) && !lower.contains("security")
         })
         .cloned()
 }
@@ -146,10 +143,7 @@ fn parse_deb822(text: &str) -> Vec<Entry> {
             entries.extend(current.take());
             continue;
         }
-        let entry = current.get_or_insert_with(|| Entry {
-            enabled: true,
-            ..Entry::default()
-        });
+        let entry = current.get_or_insert_with(|| Entry { enabled: true, ..Entry::default() });
         let value = if line.starts_with([' ', '\t']) {
             line
         } else if let Some((key, value)) = line.split_once(':') {
@@ -217,10 +211,7 @@ Signed-By:
         assert_eq!(entries.len(), 4);
         assert_eq!(entries[2].uris, ["http://mirror.example/debian"]);
         assert_eq!(entries[2].components, ["main", "contrib"]);
-        assert_eq!(
-            pick(&entries, "bookworm").as_deref(),
-            Some("http://mirror.example/debian")
-        );
+        assert_eq!(pick(&entries, "bookworm").as_deref(), Some("http://mirror.example/debian"));
     }
 
     #[test]
@@ -229,10 +220,7 @@ Signed-By:
         assert_eq!(entries.len(), 3);
         assert!(!entries[0].enabled);
         assert_eq!(entries[2].suites, ["bookworm", "bookworm-updates"]);
-        assert_eq!(
-            pick(&entries, "bookworm").as_deref(),
-            Some("https://mirror.example/debian")
-        );
+        assert_eq!(pick(&entries, "bookworm").as_deref(), Some("https://mirror.example/debian"));
         assert_eq!(pick(&entries, "trixie"), None);
     }
 
@@ -253,45 +241,21 @@ Signed-By:
         fs::create_dir(&d).unwrap();
         fs::write(apt.path().join("sources.list"), "# nothing here\n").unwrap();
         fs::write(d.join("b.sources"), DEB822).unwrap();
-        fs::write(
-            d.join("c.list"),
-            "deb http://c.example/debian bookworm main\n",
-        )
-        .unwrap();
-        fs::write(
-            d.join("a.list.disabled"),
-            "deb http://off.example/debian bookworm main\n",
-        )
-        .unwrap();
-        assert_eq!(
-            find(apt.path(), "bookworm").unwrap(),
-            "https://mirror.example/debian"
-        );
+        fs::write(d.join("c.list"), "deb http://c.example/debian bookworm main\n").unwrap();
+        fs::write(d.join("a.list.disabled"), "deb http://off.example/debian bookworm main\n").unwrap();
+        assert_eq!(find(apt.path(), "bookworm").unwrap(), "https://mirror.example/debian");
 
-        fs::write(
-            d.join("a.list"),
-            "deb http://a.example/debian bookworm main\n",
-        )
-        .unwrap();
-        assert_eq!(
-            find(apt.path(), "bookworm").unwrap(),
-            "http://a.example/debian"
-        );
+        fs::write(d.join("a.list"), "deb http://a.example/debian bookworm main\n").unwrap();
+        assert_eq!(find(apt.path(), "bookworm").unwrap(), "http://a.example/debian");
 
         let err = find(apt.path(), "trixie").unwrap_err().to_string();
-        assert!(
-            err.starts_with("no apt source") && !err.contains('\n'),
-            "{err}"
-        );
+        assert!(err.starts_with("no apt source") && !err.contains('\n'), "{err}");
     }
 
     #[test]
     fn missing_apt_directory_means_no_mirror() {
         let apt = tempfile::tempdir().unwrap();
         let missing = apt.path().join("none");
-        assert!(matches!(
-            find(&missing, "bookworm"),
-            Err(MirrorError::NotFound { .. })
-        ));
+        assert!(matches!(find(&missing, "bookworm"), Err(MirrorError::NotFound { .. })));
     }
 }

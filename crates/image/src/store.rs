@@ -82,15 +82,9 @@ impl ImageStore {
     /// `/var/cache/hiber`.
     pub fn open(home: &Path) -> Result<ImageStore, StoreError> {
         let images = home.join("images");
-        fs::create_dir_all(&images).map_err(|source| StoreError::Io {
-            what: format!("cannot create {}", images.display()),
-            source,
-        })?;
-        Ok(ImageStore {
-            images,
-            layers: LayerStore::open(home.join("layers"))?,
-            cache: debian::cache_dir(),
-        })
+        fs::create_dir_all(&images)
+            .map_err(|source| StoreError::Io { what: format!("cannot create {}", images.display()), source })?;
+        Ok(ImageStore { images, layers: LayerStore::open(home.join("layers"))?, cache: debian::cache_dir() })
     }
 
     /// The layer store the images' layers live in.
@@ -102,15 +96,9 @@ impl ImageStore {
     pub fn list(&self) -> Result<Vec<Image>, StoreError> {
         let what = || format!("cannot read {}", self.images.display());
         let mut images = Vec::new();
-        let entries = fs::read_dir(&self.images).map_err(|source| StoreError::Io {
-            what: what(),
-            source,
-        })?;
+        let entries = fs::read_dir(&self.images).map_err(|source| StoreError::Io { what: what(), source })?;
         for entry in entries {
-            let entry = entry.map_err(|source| StoreError::Io {
-                what: what(),
-                source,
-            })?;
+            let entry = entry.map_err(|source| StoreError::Io { what: what(), source })?;
             let file = entry.file_name();
             let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".json")) else {
                 continue;
@@ -128,22 +116,14 @@ impl ImageStore {
         validate_name(name)?;
         let image = self.read(name)?;
         if let Some(layer) = image.layers.iter().find(|l| !self.layers.path(l).is_dir()) {
-            return Err(StoreError::MissingLayer {
-                name: name.to_string(),
-                layer: layer.clone(),
-            });
+            return Err(StoreError::MissingLayer { name: name.to_string(), layer: layer.clone() });
         }
         Ok(image)
     }
 
     /// The image's layer directories, top-most first, as overlayfs `lowerdir=` wants them.
     pub fn lower_dirs(&self, image: &Image) -> Vec<PathBuf> {
-        image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.layers.path(l))
-            .collect()
+        image.layers.iter().rev().map(|l| self.layers.path(l)).collect()
     }
 
     /// Removes an image's manifest. Its layers stay: sandboxes and snapshots
@@ -174,17 +154,10 @@ impl ImageStore {
         let dev = |p: &Path| {
             fs::metadata(p)
                 .map(|m| m.dev())
-                .map_err(|source| StoreError::Io {
-                    what: format!("cannot stat {}", p.display()),
-                    source,
-                })
+                .map_err(|source| StoreError::Io { what: format!("cannot stat {}", p.display()), source })
         };
         let hardlink = dev(&rootfs)? == dev(staging.path())?;
-        progress(&format!(
-            "{} {} into a new layer",
-            if hardlink { "linking" } else { "copying" },
-            rootfs.display()
-        ));
+        progress(&format!("{} {} into a new layer", if hardlink { "linking" } else { "copying" }, rootfs.display()));
         copy_tree(&rootfs, staging.path(), hardlink)?;
         let layer = staging.commit()?;
         self.install("debian", layer, debian::source())
@@ -192,12 +165,7 @@ impl ImageStore {
 
     /// Imports a directory or a tarball (`.tar`, `.tar.gz`, `.tgz`) as the image `name`.
     /// On failure nothing is left behind.
-    pub fn import(
-        &self,
-        path: &Path,
-        name: &str,
-        progress: &mut dyn FnMut(&str),
-    ) -> Result<Image, StoreError> {
+    pub fn import(&self, path: &Path, name: &str, progress: &mut dyn FnMut(&str)) -> Result<Image, StoreError> {
         validate_name(name)?;
         let staging = self.layers.staging()?;
         import::import(path, staging.path(), progress)?;
@@ -215,20 +183,10 @@ impl ImageStore {
         let path = self.manifest(name);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(name.to_string()))
-            }
-            Err(source) => {
-                return Err(StoreError::Io {
-                    what: format!("cannot read {}", path.display()),
-                    source,
-                })
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(name.to_string())),
+            Err(source) => return Err(StoreError::Io { what: format!("cannot read {}", path.display()), source }),
         };
-        let corrupt = |reason: String| StoreError::Corrupt {
-            path: path.clone(),
-            reason,
-        };
+        let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
         let image: Image = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         if image.name != name {
             return Err(corrupt(format!("it names the image '{}'", image.name)));
@@ -245,10 +203,7 @@ impl ImageStore {
                 name: name.to_string(),
                 size_bytes: self.layers.size_on_disk(&layer)?,
                 layers: vec![layer.clone()],
-                created: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
+                created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 source,
             };
             let mut json = serde_json::to_vec_pretty(&image).expect("an image serializes");
@@ -275,10 +230,8 @@ mod tests {
     use std::time::Instant;
 
     fn entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut v: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         v.sort();
         v
     }
@@ -298,15 +251,9 @@ mod tests {
             return true;
         }
         if std::env::var_os("CI").is_some() {
-            panic!(
-                "{} is missing and CI is set: install busybox-static",
-                busybox::HOST_BUSYBOX
-            );
+            panic!("{} is missing and CI is set: install busybox-static", busybox::HOST_BUSYBOX);
         }
-        eprintln!(
-            "skipped: {} is missing (install busybox-static)",
-            busybox::HOST_BUSYBOX
-        );
+        eprintln!("skipped: {} is missing (install busybox-static)", busybox::HOST_BUSYBOX);
         false
     }
 
@@ -319,9 +266,7 @@ mod tests {
         let store = ImageStore::open(home.path()).unwrap();
         let mut lines = Vec::new();
         let start = Instant::now();
-        let image = store
-            .build_busybox(&mut |l| lines.push(l.to_string()))
-            .unwrap();
+        let image = store.build_busybox(&mut |l| lines.push(l.to_string())).unwrap();
         let took = start.elapsed();
         eprintln!("busybox image built in {took:?}");
         assert!(image.source.starts_with("busybox "), "{}", image.source);
@@ -333,19 +278,11 @@ mod tests {
         let root = store.layers().path(&image.layers[0]);
         let bin = fs::metadata(root.join("bin/busybox")).unwrap();
         assert_eq!(bin.permissions().mode() & 0o111, 0o111);
-        assert_eq!(
-            fs::read_link(root.join("bin/sh")).unwrap(),
-            Path::new("/bin/busybox")
-        );
-        assert_eq!(
-            fs::read_link(root.join("usr/bin/env")).unwrap(),
-            Path::new("/bin/busybox")
-        );
+        assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+        assert_eq!(fs::read_link(root.join("usr/bin/env")).unwrap(), Path::new("/bin/busybox"));
         let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
         assert_eq!(passwd, "root:x:0:0:root:/root:/bin/sh\n");
-        assert!(fs::read_to_string(root.join("etc/group"))
-            .unwrap()
-            .starts_with("root:x:0:"));
+        assert!(fs::read_to_string(root.join("etc/group")).unwrap().starts_with("root:x:0:"));
         let hosts = fs::read_to_string(root.join("etc/hosts")).unwrap();
         assert!(hosts.contains("127.0.0.1\tlocalhost") && hosts.contains("::1\tlocalhost"));
         let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
@@ -355,10 +292,7 @@ mod tests {
             assert_eq!(mode(dir), 0o755, "{dir}");
             assert_eq!(fs::read_dir(root.join(dir)).unwrap().count(), 0, "{dir}");
         }
-        let applets = Command::new(root.join("bin/busybox"))
-            .arg("--list-full")
-            .output()
-            .unwrap();
+        let applets = Command::new(root.join("bin/busybox")).arg("--list-full").output().unwrap();
         let count = String::from_utf8_lossy(&applets.stdout).lines().count();
         for applet in String::from_utf8_lossy(&applets.stdout).lines() {
             assert!(fs::symlink_metadata(root.join(applet)).is_ok(), "{applet}");
@@ -392,32 +326,20 @@ mod tests {
         let b = store.import(&tgz, "from-tgz", &mut |_| {}).unwrap();
         let dir = store.layers().path(&a.layers[0]);
         let c = store.import(&dir, "from-dir", &mut |_| {}).unwrap();
-        assert_eq!(
-            a.source,
-            format!("import {}", tar.canonicalize().unwrap().display())
-        );
+        assert_eq!(a.source, format!("import {}", tar.canonicalize().unwrap().display()));
         for image in [&a, &b, &c] {
             let root = store.layers().path(&image.layers[0]);
             assert_eq!(fs::read(root.join("usr/bin/hello")).unwrap(), b"hello");
-            let mode = fs::metadata(root.join("usr/bin/hello"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(root.join("usr/bin/hello")).unwrap().permissions().mode();
             assert_eq!(mode & 0o7777, 0o750);
-            assert_eq!(
-                fs::read_link(root.join("bin")).unwrap(),
-                Path::new("usr/bin")
-            );
+            assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
         }
         let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
         assert_eq!(names, ["from-dir", "from-tar", "from-tgz"]);
         assert_clean(home.path(), 3, 3);
 
         store.remove("from-tar").unwrap();
-        assert!(matches!(
-            store.get("from-tar"),
-            Err(StoreError::NotFound(_))
-        ));
+        assert!(matches!(store.get("from-tar"), Err(StoreError::NotFound(_))));
         assert_clean(home.path(), 3, 2);
     }
 
@@ -443,10 +365,7 @@ mod tests {
             fs::write(&path, bytes).unwrap();
             let err = store.import(&path, "broken", &mut |_| {}).unwrap_err();
             let msg = err.to_string();
-            assert!(
-                msg.starts_with("cannot import ") && !msg.contains('\n'),
-                "{file}: {msg}"
-            );
+            assert!(msg.starts_with("cannot import ") && !msg.contains('\n'), "{file}: {msg}");
             assert_clean(home.path(), 0, 0);
         }
         let missing = input.path().join("missing");
@@ -454,10 +373,7 @@ mod tests {
         let empty_dir = input.path().join("empty-dir");
         fs::create_dir(&empty_dir).unwrap();
         assert!(store.import(&empty_dir, "broken", &mut |_| {}).is_err());
-        assert!(matches!(
-            store.import(&missing, "Bad/Name", &mut |_| {}),
-            Err(StoreError::Name(_))
-        ));
+        assert!(matches!(store.import(&missing, "Bad/Name", &mut |_| {}), Err(StoreError::Name(_))));
         assert_clean(home.path(), 0, 0);
 
         // A failed rebuild keeps the existing image.
@@ -474,15 +390,9 @@ mod tests {
     fn missing_and_damaged_images_are_clear_errors() {
         let home = tempfile::tempdir().unwrap();
         let store = ImageStore::open(home.path()).unwrap();
-        assert_eq!(
-            store.get("foo").unwrap_err().to_string(),
-            "no image named 'foo' (see `hiber images`)"
-        );
+        assert_eq!(store.get("foo").unwrap_err().to_string(), "no image named 'foo' (see `hiber images`)");
         assert!(matches!(store.remove("foo"), Err(StoreError::NotFound(_))));
-        assert!(matches!(
-            store.get("../etc/passwd"),
-            Err(StoreError::Name(_))
-        ));
+        assert!(matches!(store.get("../etc/passwd"), Err(StoreError::Name(_))));
 
         fs::write(home.path().join("images/bad.json"), b"{not json").unwrap();
         let msg = store.get("bad").unwrap_err().to_string();
@@ -498,10 +408,7 @@ mod tests {
         };
         let json = serde_json::to_vec(&ghost).unwrap();
         atomic::write_file(&home.path().join("images/ghost.json"), &json).unwrap();
-        assert!(matches!(
-            store.get("ghost"),
-            Err(StoreError::MissingLayer { .. })
-        ));
+        assert!(matches!(store.get("ghost"), Err(StoreError::MissingLayer { .. })));
         // Another manifest being unreadable does not stop a removal.
         store.remove("ghost").unwrap();
         fs::remove_file(home.path().join("images/bad.json")).unwrap();
@@ -523,10 +430,7 @@ mod tests {
             source: "test".into(),
         };
         let layers = home.path().join("layers");
-        assert_eq!(
-            store.lower_dirs(&image),
-            [layers.join(top.as_str()), layers.join(bottom.as_str())]
-        );
+        assert_eq!(store.lower_dirs(&image), [layers.join(top.as_str()), layers.join(bottom.as_str())]);
     }
 
     /// Slow the first time on a machine (downloads Debian into the machine cache).
@@ -544,24 +448,12 @@ mod tests {
                     eprintln!("  {l}");
                 })
                 .unwrap();
-            eprintln!(
-                "debian build {round}: {:?}, {lines} progress lines",
-                start.elapsed()
-            );
+            eprintln!("debian build {round}: {:?}, {lines} progress lines", start.elapsed());
             let root = store.layers().path(&image.layers[0]);
-            for file in [
-                "usr/bin/python3",
-                "usr/bin/git",
-                "usr/bin/curl",
-                "bin/ps",
-                "bin/ip",
-            ] {
+            for file in ["usr/bin/python3", "usr/bin/git", "usr/bin/curl", "bin/ps", "bin/ip"] {
                 assert!(root.join(file).exists(), "{file}");
             }
-            assert!(fs::read_dir(root.join("var/lib/apt/lists"))
-                .unwrap()
-                .next()
-                .is_none());
+            assert!(fs::read_dir(root.join("var/lib/apt/lists")).unwrap().next().is_none());
             assert_eq!(image.source, "debootstrap bookworm minbase");
             assert_eq!(store.get("debian").unwrap(), image);
         }

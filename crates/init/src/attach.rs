@@ -37,11 +37,7 @@ enum Event {
 
 /// Streams `attachment`'s exec over a connection until it exited, the host
 /// left, or another connection attached to the exec.
-pub async fn stream(
-    mut attachment: Attachment,
-    reader: FrameReader<OwnedReadHalf>,
-    mut write: OwnedWriteHalf,
-) {
+pub async fn stream(mut attachment: Attachment, reader: FrameReader<OwnedReadHalf>, mut write: OwnedWriteHalf) {
     let input = input(reader, attachment.exec().clone());
     tokio::pin!(input);
     let mut input_open = true;
@@ -108,9 +104,7 @@ async fn input(mut reader: FrameReader<OwnedReadHalf>, exec: Rc<Exec>) -> InputE
             Frame::StdinEof => exec.close_stdin(),
             Frame::Resize(size) => exec.resize(size),
             Frame::Control(_) => {
-                return InputEnd::Invalid(
-                    "unexpected control frame: one request per connection".into(),
-                )
+                return InputEnd::Invalid("unexpected control frame: one request per connection".into())
             }
             Frame::Stdout(_) | Frame::Stderr(_) => {
                 return InputEnd::Invalid("unexpected output frame from the host".into())

@@ -119,11 +119,7 @@ mod tests {
         assert_eq!(buf.room(), CAPACITY - 4);
         assert_eq!(
             drain(&mut buf),
-            vec![
-                (Stream::Stdout, b"ab".to_vec()),
-                (Stream::Stderr, b"c".to_vec()),
-                (Stream::Stdout, b"d".to_vec()),
-            ]
+            vec![(Stream::Stdout, b"ab".to_vec()), (Stream::Stderr, b"c".to_vec()), (Stream::Stdout, b"d".to_vec()),]
         );
         assert_eq!(buf.room(), CAPACITY);
     }

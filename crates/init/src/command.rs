@@ -69,11 +69,7 @@ fn c_strings<S: Into<Vec<u8>>>(
 /// The environment of a new process: `PATH`, `HOME`, `HOSTNAME` and (for a
 /// terminal) `TERM`, then each `KEY=VALUE` of `extra`, which replaces a
 /// variable of the same name or is appended. Order is kept.
-pub fn build_env(
-    hostname: &str,
-    tty: bool,
-    extra: &[String],
-) -> Result<Vec<(String, String)>, CommandError> {
+pub fn build_env(hostname: &str, tty: bool, extra: &[String]) -> Result<Vec<(String, String)>, CommandError> {
     let mut env = vec![
         ("PATH".to_string(), DEFAULT_PATH.to_string()),
         ("HOME".to_string(), "/root".to_string()),
@@ -148,10 +144,7 @@ mod tests {
 
     #[test]
     fn bad_env_entries_are_rejected() {
-        assert!(matches!(
-            build_env("h", false, &["NOEQUALS".into()]),
-            Err(CommandError::BadEnv(_))
-        ));
+        assert!(matches!(build_env("h", false, &["NOEQUALS".into()]), Err(CommandError::BadEnv(_))));
         assert!(matches!(build_env("h", false, &["=v".into()]), Err(CommandError::BadEnv(_))));
     }
 

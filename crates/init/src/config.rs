@@ -103,9 +103,6 @@ mod tests {
         assert_eq!(config.hostname, "box");
         assert_eq!(config.main.unwrap().argv, vec!["sh"]);
         assert!(matches!(parse_args(&["{nope".into()]), Err(ConfigError::Json(_))));
-        assert!(matches!(
-            parse_args(&["{}".into(), "{}".into()]),
-            Err(ConfigError::TooManyArgs(2))
-        ));
+        assert!(matches!(parse_args(&["{}".into(), "{}".into()]), Err(ConfigError::TooManyArgs(2))));
     }
 }

@@ -115,12 +115,7 @@ impl Exec {
                 let (err_r, err_w) = spawn::pipe()?;
                 sources.push((shared(out_r, Interest::READABLE)?, Stream::Stdout));
                 sources.push((shared(err_r, Interest::READABLE)?, Stream::Stderr));
-                let stdio = Stdio {
-                    stdin: child_in.as_fd(),
-                    stdout: out_w.as_fd(),
-                    stderr: err_w.as_fd(),
-                    tty: false,
-                };
+                let stdio = Stdio { stdin: child_in.as_fd(), stdout: out_w.as_fd(), stderr: err_w.as_fd(), tty: false };
                 spawn::spawn(cmd, stdio, report_w)?
             }
             Io::Terminal { size } => {
@@ -136,12 +131,7 @@ impl Exec {
             }
             Io::Log(file) => {
                 let null = spawn::dev_null()?;
-                let stdio = Stdio {
-                    stdin: null.as_fd(),
-                    stdout: file.as_fd(),
-                    stderr: file.as_fd(),
-                    tty: false,
-                };
+                let stdio = Stdio { stdin: null.as_fd(), stdout: file.as_fd(), stderr: file.as_fd(), tty: false };
                 let pid = spawn::spawn(cmd, stdio, report_w)?;
                 log = Some(file);
                 pid
@@ -236,8 +226,7 @@ impl Exec {
                 Ok(guard) => guard,
                 Err(e) => return diag!("exec {}: stdin: {e}", self.id),
             };
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from))
-            {
+            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Nobody reads any more (EPIPE) or the terminal hung up.
@@ -314,9 +303,8 @@ async fn read_output(exec: Rc<Exec>, fd: SharedFd, stream: Stream) {
         if room == 0 {
             continue;
         }
-        let read = guard.try_io(|fd| {
-            nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf[..room]).map_err(io::Error::from)
-        });
+        let read =
+            guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_raw_fd(), &mut buf[..room]).map_err(io::Error::from));
         match read {
             Ok(Ok(0)) => break,
             Ok(Ok(n)) => exec.update(|st| st.output.push(stream, &buf[..n])),
@@ -345,9 +333,7 @@ async fn read_report(exec: Rc<Exec>, fd: SharedFd, name: String, cwd: String) {
                 break None;
             }
         };
-        let read = guard.try_io(|fd| {
-            nix::unistd::read(fd.get_ref().as_raw_fd(), &mut bytes).map_err(io::Error::from)
-        });
+        let read = guard.try_io(|fd| nix::unistd::read(fd.get_ref().as_raw_fd(), &mut bytes).map_err(io::Error::from));
         match read {
             Ok(Ok(0)) => break None,
             Ok(Ok(n)) => break Some(Failure::decode(&bytes[..n])),
@@ -428,8 +414,7 @@ impl Attachment {
                 Launch::Failed => self.started = true,
                 Launch::Running => {
                     self.started = true;
-                    let reply =
-                        Reply::Started { pid: self.exec.pid.as_raw(), attached: self.reattach };
+                    let reply = Reply::Started { pid: self.exec.pid.as_raw(), attached: self.reattach };
                     return Some(Outgoing::control(&reply, false));
                 }
             }

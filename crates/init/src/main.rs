@@ -87,9 +87,7 @@ async fn supervise(paths: Paths, config: InitConfig) -> i32 {
     }
     let hostname = match config.hostname.is_empty() {
         false => config.hostname,
-        true => {
-            nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
-        }
+        true => nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
     };
     let table = Rc::new(RefCell::new(ExecTable::new(hostname)));
     let (reaper, mut stop) = match (Reaper::new(table.clone()), StopSignals::new()) {
@@ -99,14 +97,13 @@ async fn supervise(paths: Paths, config: InitConfig) -> i32 {
             return 1;
         }
     };
-    let (listener, sdk_listener) =
-        match (server::bind(&paths.socket, 0o600), server::bind(&paths.sdk_socket, 0o666)) {
-            (Ok(listener), Ok(sdk_listener)) => (listener, sdk_listener),
-            (Err(e), _) | (_, Err(e)) => {
-                diag!("{e}");
-                return 1;
-            }
-        };
+    let (listener, sdk_listener) = match (server::bind(&paths.socket, 0o600), server::bind(&paths.sdk_socket, 0o666)) {
+        (Ok(listener), Ok(sdk_listener)) => (listener, sdk_listener),
+        (Err(e), _) | (_, Err(e)) => {
+            diag!("{e}");
+            return 1;
+        }
+    };
     let main = match &config.main {
         Some(spec) => match start_main(&table, spec, &paths.main_log) {
             Ok(main) => Some(main),

@@ -27,9 +27,7 @@ pub fn reap(table: &RefCell<ExecTable>) -> Reaped {
     loop {
         match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => table.borrow_mut().reaped(pid, code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                table.borrow_mut().reaped(pid, 128 + signal as i32)
-            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) => table.borrow_mut().reaped(pid, 128 + signal as i32),
             Ok(WaitStatus::StillAlive) => return Reaped::ChildrenLeft,
             // Stops and continues are not asked for (no WUNTRACED).
             Ok(_) | Err(Errno::EINTR) => {}

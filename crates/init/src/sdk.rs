@@ -65,12 +65,7 @@ impl Sdk {
     /// No calls yet, no relay.
     pub fn new() -> Rc<Sdk> {
         Rc::new(Sdk {
-            state: RefCell::new(State {
-                next_call: 1,
-                pending: BTreeMap::new(),
-                next_client: 0,
-                relay: 0,
-            }),
+            state: RefCell::new(State { next_call: 1, pending: BTreeMap::new(), next_client: 0, relay: 0 }),
             changed: watch::channel(0).0,
         })
     }
@@ -94,12 +89,7 @@ impl Sdk {
 
     /// Takes one line from an SDK connection: queues it as a call (its
     /// answer will go to `answer`), or says why it is not one.
-    fn call(
-        &self,
-        client: u64,
-        line: &[u8],
-        answer: &mpsc::UnboundedSender<Vec<u8>>,
-    ) -> Result<u64, String> {
+    fn call(&self, client: u64, line: &[u8], answer: &mpsc::UnboundedSender<Vec<u8>>) -> Result<u64, String> {
         let request: Value = serde_json::from_slice(line).map_err(|e| format!("bad call: {e}"))?;
         if !request.is_object() {
             return Err("bad call: expected a JSON object".into());
@@ -182,8 +172,8 @@ pub async fn listen(listener: UnixListener, sdk: Rc<Sdk>) {
 
 /// The `{"ok":false,"error":...}` line answering a call hiber-init refuses.
 fn error_line(message: &str) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&serde_json::json!({ "ok": false, "error": message }))
-        .expect("JSON values serialize");
+    let mut line =
+        serde_json::to_vec(&serde_json::json!({ "ok": false, "error": message })).expect("JSON values serialize");
     line.push(b'\n');
     line
 }

@@ -59,12 +59,7 @@ pub async fn serve(listener: UnixListener, table: Rc<RefCell<ExecTable>>, sdk: R
         match listener.accept().await {
             Ok((stream, _)) => {
                 let registered = connections.register();
-                tokio::task::spawn_local(connection(
-                    stream,
-                    table.clone(),
-                    sdk.clone(),
-                    registered,
-                ));
+                tokio::task::spawn_local(connection(stream, table.clone(), sdk.clone(), registered));
             }
             Err(e) => {
                 // Out of fds or memory: wait a little rather than spin.
@@ -126,12 +121,7 @@ pub fn dispatch(frame: &Frame, table: &RefCell<ExecTable>) -> Action {
 
 /// Serves one connection until it is done or a `Detach` elsewhere closes
 /// it (dropping the socket).
-async fn connection(
-    stream: UnixStream,
-    table: Rc<RefCell<ExecTable>>,
-    sdk: Rc<Sdk>,
-    registered: Connection,
-) {
+async fn connection(stream: UnixStream, table: Rc<RefCell<ExecTable>>, sdk: Rc<Sdk>, registered: Connection) {
     // Biased: a relay watches for the Detach itself, to take in the answers
     // already sent before it closes.
     tokio::select! {
@@ -142,12 +132,7 @@ async fn connection(
 }
 
 /// Reads the connection's request and carries it out.
-async fn request(
-    stream: UnixStream,
-    table: &RefCell<ExecTable>,
-    sdk: &Sdk,
-    registered: &Connection,
-) {
+async fn request(stream: UnixStream, table: &RefCell<ExecTable>, sdk: &Sdk, registered: &Connection) {
     let (read, mut write) = stream.into_split();
     let mut reader = FrameReader::new(read);
     let action = match reader.next().await {

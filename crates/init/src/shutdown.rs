@@ -77,9 +77,7 @@ fn children() -> Vec<Pid> {
     let pid = getpid();
     let path = format!("/proc/self/task/{pid}/children");
     match fs::read_to_string(&path) {
-        Ok(list) => {
-            list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect()
-        }
+        Ok(list) => list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw).collect(),
         Err(e) => {
             diag!("cannot list children in {path}: {e}");
             Vec::new()

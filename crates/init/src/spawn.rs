@@ -206,8 +206,7 @@ pub fn spawn(cmd: &Command, stdio: Stdio<'_>, report: OwnedFd) -> Result<Pid, Sp
     // Signals stay blocked across fork so that no handler of ours runs in
     // the child before it resets them.
     let mut saved = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut saved))
-        .map_err(SpawnError::Fork)?;
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut saved)).map_err(SpawnError::Fork)?;
     // SAFETY: hiber-init runs one thread, and the child only makes
     // async-signal-safe calls on data prepared above before it execs or
     // exits.
@@ -248,8 +247,8 @@ impl ChildSetup {
     /// Call only in a freshly forked child, with every pointer valid (the
     /// parent's memory, copied by fork). Only async-signal-safe calls here.
     unsafe fn run(&self) -> ! {
-        // SAFETY (whole body): every call below is an async-signal-safe libc
-        // function given valid pointers or plain integers.
+        // SAFETY: every call below is an async-signal-safe libc function given valid
+        // pointers or plain integers (the whole body).
         unsafe {
             let mut dfl: libc::sigaction = std::mem::zeroed();
             dfl.sa_sigaction = libc::SIG_DFL;
@@ -334,10 +333,7 @@ mod tests {
         let f = Failure { stage: Stage::Exec, errno: Errno::ENOENT };
         assert_eq!(Failure::decode(&f.encode()), f);
         assert_eq!(f.exit_code(), 127);
-        assert_eq!(
-            f.message("nope", "/"),
-            "hiber-init: cannot run 'nope': No such file or directory\n"
-        );
+        assert_eq!(f.message("nope", "/"), "hiber-init: cannot run 'nope': No such file or directory\n");
         let denied = Failure { stage: Stage::Exec, errno: Errno::EACCES };
         assert_eq!(denied.exit_code(), 126);
         let chdir = Failure { stage: Stage::Chdir, errno: Errno::ENOENT };

@@ -131,11 +131,8 @@ impl ExecTable {
     /// and drops the unsent output of all but the [`KEEP_FINISHED_OUTPUT`]
     /// most recent.
     fn prune(&mut self) {
-        let mut finished: Vec<(u64, String)> = self
-            .execs
-            .iter()
-            .filter_map(|(id, exec)| exec.finished().map(|seq| (seq, id.clone())))
-            .collect();
+        let mut finished: Vec<(u64, String)> =
+            self.execs.iter().filter_map(|(id, exec)| exec.finished().map(|seq| (seq, id.clone()))).collect();
         if finished.len() <= KEEP_FINISHED_OUTPUT {
             return;
         }
@@ -164,10 +161,7 @@ mod tests {
         assert!(matches!(table.start("", &spec(), false, None), Err(ExecError::EmptyId)));
         assert!(matches!(table.start(MAIN_ID, &spec(), false, None), Err(ExecError::Reserved)));
         let empty = ProcessSpec { argv: Vec::new(), ..spec() };
-        assert!(matches!(
-            table.start("x", &empty, false, None),
-            Err(ExecError::Command(CommandError::EmptyArgv))
-        ));
+        assert!(matches!(table.start("x", &empty, false, None), Err(ExecError::Command(CommandError::EmptyArgv))));
         // A rejected request does not take its id.
         assert!(table.get("x").is_none());
         assert!(matches!(table.signal("x", 15), Err(ExecError::Unknown(_))));

@@ -64,14 +64,8 @@ impl FrameReader<OwnedReadHalf> {
             // know yet about bytes the peer just sent.
             // SAFETY: recv writes at most `chunk.len()` bytes into `chunk`, a
             // live local; the fd is the stream's, open while we borrow it.
-            let n = unsafe {
-                libc::recv(
-                    stream.as_raw_fd(),
-                    chunk.as_mut_ptr().cast(),
-                    chunk.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n =
+                unsafe { libc::recv(stream.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len(), libc::MSG_DONTWAIT) };
             match n {
                 0 => return Ok(None),
                 n if n > 0 => self.buf.extend_from_slice(&chunk[..n as usize]),

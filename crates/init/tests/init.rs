@@ -50,10 +50,7 @@ impl Init {
 
     fn spawn_in(dir: tempfile::TempDir, config: Option<&str>) -> Init {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_hiber-init"));
-        cmd.env("HIBER_INIT_RUNDIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.env("HIBER_INIT_RUNDIR", dir.path()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         if let Some(config) = config {
             cmd.arg(config);
         }
@@ -148,10 +145,7 @@ fn collect(conn: &mut UnixStream) -> Outcome {
             Frame::Control(_) => match control(frame) {
                 Reply::Started { pid, attached } => {
                     assert!(out.started.is_none(), "Started twice");
-                    assert!(
-                        out.stdout.is_empty() && out.stderr.is_empty(),
-                        "output before Started"
-                    );
+                    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "output before Started");
                     out.started = Some((pid, attached));
                 }
                 Reply::Exited { code } => {
@@ -208,8 +202,7 @@ fn killed_process_reports_128_plus_signal() {
 #[test]
 fn stdin_is_piped_until_eof() {
     let init = Init::start(None);
-    let request =
-        Request::Exec { id: "cat".into(), process: spec(&["cat"]), stdin: true, size: None };
+    let request = Request::Exec { id: "cat".into(), process: spec(&["cat"]), stdin: true, size: None };
     let mut conn = init.send(&request);
     write_frame(&mut conn, &Frame::Stdin(b"hello ".to_vec())).unwrap();
     write_frame(&mut conn, &Frame::Stdin(b"world".to_vec())).unwrap();
@@ -228,30 +221,19 @@ fn stdin_is_piped_until_eof() {
 fn environment_and_working_directory() {
     let init = Init::start(Some(r#"{"hostname":"testbox"}"#));
     let cwd = init.dir.path().to_str().unwrap().to_string();
-    let mut process = spec(&[
-        "sh",
-        "-c",
-        r#"echo "$FOO|$HOME|$HOSTNAME|$PATH|${TERM-unset}|$HIBER_INIT_RUNDIR"; pwd"#,
-    ]);
+    let mut process = spec(&["sh", "-c", r#"echo "$FOO|$HOME|$HOSTNAME|$PATH|${TERM-unset}|$HIBER_INIT_RUNDIR"; pwd"#]);
     process.env = vec!["FOO=bar".into(), "HOME=/home/x".into()];
     process.cwd = cwd.clone();
     let mut conn = init.send(&exec("env", process));
     let out = collect(&mut conn);
-    assert_eq!(
-        out.stdout(),
-        format!("bar|/home/x|testbox|{}|unset|\n{cwd}\n", hiber_proto::DEFAULT_PATH)
-    );
+    assert_eq!(out.stdout(), format!("bar|/home/x|testbox|{}|unset|\n{cwd}\n", hiber_proto::DEFAULT_PATH));
     assert_eq!(out.exited, Some(0));
 
     // Default cwd is /, and a program is found through the process's PATH.
     let bin = init.path("bin");
     fs::create_dir(&bin).unwrap();
     fs::write(bin.join("hello-tool"), "#!/bin/sh\necho tool in $(pwd)\n").unwrap();
-    fs::set_permissions(
-        bin.join("hello-tool"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    fs::set_permissions(bin.join("hello-tool"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut process = spec(&["hello-tool"]);
     process.env = vec![format!("PATH={}:/usr/bin:/bin", bin.display())];
     let mut conn = init.send(&exec("tool", process));
@@ -265,10 +247,7 @@ fn programs_that_cannot_run_exit_127_or_126() {
     let mut conn = init.send(&exec("nf", spec(&["no-such-program-hiber"])));
     let out = collect(&mut conn);
     assert_eq!(out.started, None, "a program that never ran is not Started");
-    assert_eq!(
-        out.stderr(),
-        "hiber-init: cannot run 'no-such-program-hiber': No such file or directory\n"
-    );
+    assert_eq!(out.stderr(), "hiber-init: cannot run 'no-such-program-hiber': No such file or directory\n");
     assert_eq!(out.exited, Some(127));
 
     let plain = init.path("plain");
@@ -352,10 +331,7 @@ fn detach_and_reattach_by_id() {
 
     // Later re-attaches still get the status (the output was delivered).
     let out = collect(&mut init.send(&request));
-    assert_eq!(
-        (out.started, out.stdout(), out.exited),
-        (Some((pid, true)), String::new(), Some(0))
-    );
+    assert_eq!((out.started, out.stdout(), out.exited), (Some((pid, true)), String::new(), Some(0)));
     assert_eq!(fs::read_to_string(&marker).unwrap(), "once\n", "the command ran only once");
 }
 
@@ -391,12 +367,7 @@ fn attached_output_is_never_dropped_even_when_the_host_reads_slowly() {
     sleep(Duration::from_millis(1500));
     let out = collect(&mut conn);
     let expected: String = (1..=500000).map(|n| format!("{n}\n")).collect();
-    assert!(
-        out.stdout() == expected,
-        "got {} bytes, not the expected {}",
-        out.stdout.len(),
-        expected.len()
-    );
+    assert!(out.stdout() == expected, "got {} bytes, not the expected {}", out.stdout.len(), expected.len());
     assert_eq!(out.exited, Some(0));
 }
 
@@ -406,10 +377,7 @@ fn exited_waits_for_everything_holding_the_output() {
     // The shell exits at once; its background child writes later.
     let script = "(sleep 0.3; echo late; echo err >&2) & echo early";
     let out = collect(&mut init.send(&exec("bg", spec(&["sh", "-c", script]))));
-    assert_eq!(
-        (out.stdout(), out.stderr(), out.exited),
-        ("early\nlate\n".into(), "err\n".into(), Some(0))
-    );
+    assert_eq!((out.stdout(), out.stderr(), out.exited), ("early\nlate\n".into(), "err\n".into(), Some(0)));
 }
 
 #[test]
@@ -433,10 +401,7 @@ fn a_new_attachment_replaces_the_old_one() {
     let mut first = init.send(&request);
     let pid = started(&mut first);
     let mut second = init.send(&request);
-    assert_eq!(
-        read_frame(&mut second).unwrap().map(control),
-        Some(Reply::Started { pid, attached: true })
-    );
+    assert_eq!(read_frame(&mut second).unwrap().map(control), Some(Reply::Started { pid, attached: true }));
     assert_eq!(read_frame(&mut first).unwrap(), None, "the old connection is closed");
     write_frame(&mut second, &Frame::Stdin(b"hi\n".to_vec())).unwrap();
     let out = collect(&mut second);
@@ -476,10 +441,7 @@ fn signal_request() {
         init.ask(&Request::Signal { id: "s".into(), signal: 9 }),
         Reply::Error { message } if message.contains("not running")
     ));
-    assert!(matches!(
-        init.ask(&Request::Signal { id: "nope".into(), signal: 15 }),
-        Reply::Error { .. }
-    ));
+    assert!(matches!(init.ask(&Request::Signal { id: "nope".into(), signal: 15 }), Reply::Error { .. }));
 }
 
 #[test]
@@ -509,12 +471,8 @@ fn garbage_gets_an_error_and_init_lives_on() {
     // A connection that closes without a word.
     drop(UnixStream::connect(init.socket()).unwrap());
     // Garbage in the middle of an exec: an error, and the process goes on.
-    let request = Request::Exec {
-        id: "g".into(),
-        process: spec(&["sh", "-c", "read x; echo $x"]),
-        stdin: true,
-        size: None,
-    };
+    let request =
+        Request::Exec { id: "g".into(), process: spec(&["sh", "-c", "read x; echo $x"]), stdin: true, size: None };
     let mut conn = init.send(&request);
     started(&mut conn);
     write_frame(&mut conn, &Frame::control(&Request::Ping)).unwrap();
@@ -548,10 +506,7 @@ fn main_process_that_cannot_run() {
 fn main_process_can_be_attached_and_signalled() {
     let mut init = Init::start(Some(r#"{"main":{"argv":["sleep","30"]}}"#));
     let mut conn = init.send(&exec("main", spec(&["ignored"])));
-    assert!(matches!(
-        read_frame(&mut conn).unwrap().map(control),
-        Some(Reply::Started { attached: true, .. })
-    ));
+    assert!(matches!(read_frame(&mut conn).unwrap().map(control), Some(Reply::Started { attached: true, .. })));
     assert_eq!(init.ask(&Request::Signal { id: "main".into(), signal: 15 }), Reply::Done);
     assert_eq!(init.wait_exit(TIMEOUT).code(), Some(143));
 }
@@ -788,8 +743,7 @@ fn answers_sent_before_a_detach_are_delivered() {
     let init = Init::start(None);
     for round in 0..50 {
         let mut serve = init.send(&Request::Serve);
-        let mut caller =
-            Caller::call(&init, &format!(r#"{{"op":"next_message","round":{round}}}"#));
+        let mut caller = Caller::call(&init, &format!(r#"{{"op":"next_message","round":{round}}}"#));
         let (call, _) = next_call(&mut serve);
         // The Detach's connection is open already, so that the answer and
         // the Detach arrive together.

@@ -109,10 +109,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         2 => Frame::StdinEof,
         3 => {
             let [r0, r1, c0, c1] = payload else { return Err(FrameError::Malformed("resize")) };
-            Frame::Resize(TtySize {
-                rows: u16::from_le_bytes([*r0, *r1]),
-                cols: u16::from_le_bytes([*c0, *c1]),
-            })
+            Frame::Resize(TtySize { rows: u16::from_le_bytes([*r0, *r1]), cols: u16::from_le_bytes([*c0, *c1]) })
         }
         4 => Frame::Stdout(payload.to_vec()),
         5 => Frame::Stderr(payload.to_vec()),

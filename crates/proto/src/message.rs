@@ -22,7 +22,12 @@ pub struct ProcessSpec {
 impl ProcessSpec {
     /// A plain command: the default environment, `/` as working directory, no terminal.
     pub fn command<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> ProcessSpec {
-        ProcessSpec { argv: argv.into_iter().map(Into::into).collect(), env: Vec::new(), cwd: String::new(), tty: false }
+        ProcessSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: String::new(),
+            tty: false,
+        }
     }
 }
 
@@ -165,8 +170,7 @@ mod tests {
 
     #[test]
     fn missing_optional_fields_take_defaults() {
-        let req: Request =
-            serde_json::from_str(r#"{"op":"exec","id":"a","process":{"argv":["true"]}}"#).unwrap();
+        let req: Request = serde_json::from_str(r#"{"op":"exec","id":"a","process":{"argv":["true"]}}"#).unwrap();
         let Request::Exec { process, stdin, size, .. } = req else { panic!("not exec") };
         assert!(process.env.is_empty() && process.cwd.is_empty() && !process.tty);
         assert!(!stdin && size.is_none());

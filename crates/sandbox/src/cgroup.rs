@@ -63,10 +63,7 @@ impl Hierarchy {
 
     /// Parses mountinfo text; `controllers` reads a cgroup2 mount's
     /// `cgroup.controllers`.
-    fn from_mountinfo(
-        text: &str,
-        controllers: impl Fn(&Path) -> Option<String>,
-    ) -> Result<Hierarchy, CgroupError> {
+    fn from_mountinfo(text: &str, controllers: impl Fn(&Path) -> Option<String>) -> Result<Hierarchy, CgroupError> {
         let mut v1 = Vec::new();
         for line in text.lines() {
             let Some((left, right)) = line.split_once(" - ") else { continue };
@@ -240,7 +237,11 @@ impl Cgroup {
                 let dir = self.controller_dir("pids");
                 let want = if frozen { "frozen 1" } else { "frozen 0" };
                 let events = dir.join("cgroup.events");
-                (dir.join("cgroup.freeze"), if frozen { "1" } else { "0" }, Box::new(move || read(&events).contains(want)))
+                (
+                    dir.join("cgroup.freeze"),
+                    if frozen { "1" } else { "0" },
+                    Box::new(move || read(&events).contains(want)),
+                )
             }
         };
         write(&file, value)?;

@@ -58,7 +58,8 @@ impl ContainerBackend {
         let dir = self.runtime().dir(&record.id);
         let pending = self.snapshots().begin(options.name.as_deref())?;
         let layer = LayerId::random();
-        let journal = Journal { sandbox: record.id.clone(), leave_running: options.leave_running, layer: layer.to_string() };
+        let journal =
+            Journal { sandbox: record.id.clone(), leave_running: options.leave_running, layer: layer.to_string() };
         pending.write_journal(&journal)?;
         pending.share_lock_with_children();
 
@@ -129,7 +130,8 @@ impl ContainerBackend {
             self.layers().adopt_as(&dir.upper(), &layer)?;
         }
         let suspended = SuspendRecord { snapshot: snapshot.to_string() };
-        write_json_atomic(&dir.suspended(), &suspended).map_err(|source| SandboxError::Io { path: dir.suspended(), source })
+        write_json_atomic(&dir.suspended(), &suspended)
+            .map_err(|source| SandboxError::Io { path: dir.suspended(), source })
     }
 
     /// Rolls leftovers of killed snapshots back or forward.
@@ -162,7 +164,8 @@ impl ContainerBackend {
                 if !journal.leave_running {
                     let dir = self.runtime().dir(&record.id);
                     let suspended = SuspendRecord { snapshot: manifest.id.clone() };
-                    write_json_atomic(&dir.suspended(), &suspended).map_err(|source| SandboxError::Io { path: dir.suspended(), source })?;
+                    write_json_atomic(&dir.suspended(), &suspended)
+                        .map_err(|source| SandboxError::Io { path: dir.suspended(), source })?;
                 }
                 leftover.publish(self.snapshots())?;
             }
@@ -211,7 +214,8 @@ impl ContainerBackend {
     /// Removes every layer no image, snapshot or sandbox uses; returns how
     /// many. Removes nothing while any user's manifest cannot be read.
     pub fn collect_layers(&self) -> Result<usize, SandboxError> {
-        let images = ImageStore::open(self.home()).and_then(|s| s.list()).map_err(|e| SandboxError::Layers(e.to_string()))?;
+        let images =
+            ImageStore::open(self.home()).and_then(|s| s.list()).map_err(|e| SandboxError::Layers(e.to_string()))?;
         if let Some(id) = self.snapshots().unreadable().first() {
             return Err(SandboxError::Layers(format!("snapshot {id} is unreadable, so its layers are unknown")));
         }

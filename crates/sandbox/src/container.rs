@@ -218,7 +218,8 @@ impl ContainerBackend {
                 }
             }
             fs::create_dir_all(dir.path()).map_err(|source| SandboxError::Io { path: dir.path().into(), source })?;
-            write_json_atomic(&dir.state(), &record).map_err(|source| SandboxError::Io { path: dir.state(), source })?;
+            write_json_atomic(&dir.state(), &record)
+                .map_err(|source| SandboxError::Io { path: dir.state(), source })?;
         }
         match self.start(&record, &dir, how) {
             Ok(record) => Ok(self.info(record)),
@@ -231,7 +232,8 @@ impl ContainerBackend {
     }
 
     fn start(&self, record: &SandboxRecord, dir: &SandboxDir, how: How) -> Result<SandboxRecord, SandboxError> {
-        Overlay { lowers: record.lowers.clone(), upper: dir.upper(), work: dir.work(), target: dir.rootfs() }.mount()?;
+        Overlay { lowers: record.lowers.clone(), upper: dir.upper(), work: dir.work(), target: dir.rootfs() }
+            .mount()?;
         let cgroup = self.cgroup(record);
         cgroup.create()?;
         let config = InitConfig { main: record.main.clone(), hostname: record.hostname.clone() };
@@ -362,7 +364,10 @@ impl Backend for ContainerBackend {
         // host's connections until the sandbox is thawed or gone: wait for
         // it, then look again.
         let lock = self.runtime.dir(&id).snapshot_lock();
-        drop(crate::lock::lock(&lock, crate::lock::Mode::Shared).map_err(|source| SandboxError::Io { path: lock, source })?);
+        drop(
+            crate::lock::lock(&lock, crate::lock::Mode::Shared)
+                .map_err(|source| SandboxError::Io { path: lock, source })?,
+        );
         let info = self.find(&id)?;
         if !info.status.is_running() {
             return Err(SandboxError::NotRunning(info.record.id));

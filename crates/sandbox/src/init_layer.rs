@@ -74,11 +74,7 @@ pub fn locate_binary() -> Result<PathBuf, InitLayerError> {
     let exe = std::env::current_exe().unwrap_or_default();
     let dir = exe.parent().unwrap_or(Path::new("."));
     let candidates = [dir.join("hiber-init"), dir.join("../hiber-init")];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or_else(|| InitLayerError::MissingBinary(candidates[0].clone()))
+    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| InitLayerError::MissingBinary(candidates[0].clone()))
 }
 
 /// Who `binary` is on disk (device, inode, size, modification time) and
@@ -218,9 +214,15 @@ mod tests {
         assert!(cache.ends_with(layer.file_name().unwrap().to_str().unwrap()), "{cache}");
         fs::write(&bin, b"another").unwrap();
         assert_ne!(ensure(&dir.path().join("layers"), &bin).unwrap(), layer, "a changed binary is seen");
-        let names: Vec<String> =
-            fs::read_dir(dir.path().join("layers")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = fs::read_dir(dir.path().join("layers"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names.iter().filter(|n| n.starts_with("hiber-init-")).count(), 2, "{names:?}");
-        assert!(names.iter().all(|n| n.starts_with("hiber-init-") || n == ".hiber-init.cache"), "no staging left: {names:?}");
+        assert!(
+            names.iter().all(|n| n.starts_with("hiber-init-") || n == ".hiber-init.cache"),
+            "no staging left: {names:?}"
+        );
     }
 }

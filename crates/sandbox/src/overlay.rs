@@ -54,12 +54,8 @@ impl Overlay {
             return Err(OverlayError::MissingLayer(missing.clone()));
         }
         let lowers: Vec<String> = self.lowers.iter().map(|l| l.display().to_string()).collect();
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            self.upper.display(),
-            self.work.display()
-        );
+        let options =
+            format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), self.upper.display(), self.work.display());
         // The kernel copies at most one page of mount data.
         if options.len() >= 4096 {
             return Err(OverlayError::TooManyLayers(options.len()));
@@ -71,8 +67,11 @@ impl Overlay {
     pub fn mount(&self) -> Result<(), OverlayError> {
         let options = self.options()?;
         for dir in [&self.upper, &self.work, &self.target] {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| OverlayError::Sys { op: "mkdir", path: dir.clone(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| OverlayError::Sys {
+                op: "mkdir",
+                path: dir.clone(),
+                source,
+            })?;
         }
         mount(Some("overlay"), &self.target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
             .map_err(|e| OverlayError::Sys { op: "mount overlay on", path: self.target.clone(), source: e.into() })
@@ -83,8 +82,11 @@ impl Overlay {
 pub fn unmount(target: &Path) -> Result<(), OverlayError> {
     match umount2(target, MntFlags::empty()) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => Ok(()),
-        Err(Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH)
-            .map_err(|e| OverlayError::Sys { op: "unmount", path: target.to_owned(), source: e.into() }),
+        Err(Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(|e| OverlayError::Sys {
+            op: "unmount",
+            path: target.to_owned(),
+            source: e.into(),
+        }),
         Err(e) => Err(OverlayError::Sys { op: "unmount", path: target.to_owned(), source: e.into() }),
     }
 }

@@ -30,7 +30,11 @@ pub fn checks() -> Vec<Check> {
     let root = nix::unistd::Uid::effective().is_root();
     let overlay = std::fs::read_to_string("/proc/filesystems").unwrap_or_default().contains("overlay");
     vec![
-        Check { what: "root", ok: root, detail: if root { "running as root".into() } else { "hiber needs root".into() } },
+        Check {
+            what: "root",
+            ok: root,
+            detail: if root { "running as root".into() } else { "hiber needs root".into() },
+        },
         Check {
             what: "overlayfs",
             ok: overlay,
@@ -49,8 +53,11 @@ pub fn checks() -> Vec<Check> {
 /// prints why `test` is skipped and returns false, or, when the environment
 /// variable `CI` is set, panics: there a missing prerequisite is a failure.
 pub fn require(test: &str, needs: &[&str]) -> bool {
-    let missing: Vec<String> =
-        checks().into_iter().filter(|c| needs.contains(&c.what) && !c.ok).map(|c| format!("{}: {}", c.what, c.detail)).collect();
+    let missing: Vec<String> = checks()
+        .into_iter()
+        .filter(|c| needs.contains(&c.what) && !c.ok)
+        .map(|c| format!("{}: {}", c.what, c.detail))
+        .collect();
     if missing.is_empty() {
         return true;
     }

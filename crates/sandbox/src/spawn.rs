@@ -238,11 +238,8 @@ fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
     let (mut sync_r, mut sync_w) = pipe()?;
     let (mut err_r, mut err_w) = pipe()?;
     let clone = CloneArgs {
-        flags: (libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET) as u64,
+        flags: (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET)
+            as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
@@ -293,12 +290,24 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
     let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
     let result = (|| -> Result<(), String> {
         step("setsid", setsid().map(drop))?;
-        step("make / private", mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>))?;
+        step(
+            "make / private",
+            mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+        )?;
         let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
-        step("mount /proc", mount(Some("proc"), args.proc_dir.as_c_str(), Some("proc"), nosuid | MsFlags::MS_NODEV, None::<&str>))?;
+        step(
+            "mount /proc",
+            mount(Some("proc"), args.proc_dir.as_c_str(), Some("proc"), nosuid | MsFlags::MS_NODEV, None::<&str>),
+        )?;
         step(
             "mount /dev/pts",
-            mount(Some("devpts"), args.pts_dir.as_c_str(), Some("devpts"), nosuid, Some("newinstance,ptmxmode=0666,mode=0620")),
+            mount(
+                Some("devpts"),
+                args.pts_dir.as_c_str(),
+                Some("devpts"),
+                nosuid,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            ),
         )?;
         step("chdir to root", chdir(args.rootfs.as_c_str()))?;
         step("pivot_root", pivot_root(".", "."))?;
@@ -306,7 +315,11 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
         step("chdir /", chdir("/"))?;
         step("sethostname", sethostname(launch.hostname))?;
         loopback_up().map_err(|e| format!("loopback up: {e}"))?;
-        let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?;
         // SAFETY: dup2 onto stdio and marking every other descriptor
         // close-on-exec touch only this process's descriptor table.
         unsafe {
@@ -362,7 +375,9 @@ fn restore_tree(cgroup: &Cgroup, command: &mut Command, pidfile: &Path, log: &Pa
     }
     let out = command.stdin(std::process::Stdio::null()).output().map_err(|e| SpawnError::Sys("criu restore", e))?;
     if !out.status.success() {
-        return Err(SpawnError::Setup(crate::criu::failure("restore", log, &String::from_utf8_lossy(&out.stderr)).to_string()));
+        return Err(SpawnError::Setup(
+            crate::criu::failure("restore", log, &String::from_utf8_lossy(&out.stderr)).to_string(),
+        ));
     }
     let text = std::fs::read_to_string(pidfile).map_err(|e| SpawnError::Sys("reading criu's pidfile", e))?;
     text.trim().parse().map_err(|_| SpawnError::Setup(format!("bad pid in criu's pidfile: {text:?}")))
@@ -397,7 +412,8 @@ fn set_hostname(pid: i32, hostname: &str) -> Result<(), SpawnError> {
         Err(e) => Err(SpawnError::Sys("fork", e.into())),
         Ok(nix::unistd::ForkResult::Child) => {
             drop(err_r);
-            let result = nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS).and_then(|()| sethostname(hostname));
+            let result =
+                nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS).and_then(|()| sethostname(hostname));
             let code = match result {
                 Ok(()) => 0,
                 Err(e) => {

@@ -67,11 +67,7 @@ impl Limits {
 
     /// Parses a positive process count.
     pub fn parse_pids(text: &str) -> Result<u64, SpecError> {
-        text.trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| SpecError::Pids(text.into()))
+        text.trim().parse::<u64>().ok().filter(|p| *p > 0).ok_or_else(|| SpecError::Pids(text.into()))
     }
 }
 

@@ -65,7 +65,10 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         // Streams are many small writes: without TCP_NODELAY each waits for
         // the client's delayed ACK (~40 ms) on a kept-alive connection.
         let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp: &mut tokio::net::TcpStream| {

@@ -132,9 +132,9 @@ impl Task {
     fn deadline(&self) -> Option<Instant> {
         match self.record.state {
             State::Idle => self.idle_deadline,
-            State::Sleeping => self.record.wake_at.map(|at| {
-                Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-            }),
+            State::Sleeping => {
+                self.record.wake_at.map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())))
+            }
             _ => None,
         }
     }

@@ -49,7 +49,9 @@ impl Metrics {
         }
         self.snapshot.render(&mut out, "hiber_snapshot_seconds", "Time to snapshot and stop a session's sandbox.");
         self.restore.render(&mut out, "hiber_restore_seconds", "Time to restore a session's sandbox.");
-        out.push_str("# HELP hiber_appends_total Entries appended to context logs.\n# TYPE hiber_appends_total counter\n");
+        out.push_str(
+            "# HELP hiber_appends_total Entries appended to context logs.\n# TYPE hiber_appends_total counter\n",
+        );
         let _ = writeln!(out, "hiber_appends_total {}", self.appends.load(Ordering::Relaxed));
         out
     }

@@ -108,7 +108,8 @@ impl Shared {
 
     /// Creates a fresh sandbox running the session's agent.
     pub async fn fresh_sandbox(&self, record: &SessionRecord) -> Result<SandboxInfo, SessionError> {
-        let image_name = record.image.clone().ok_or_else(|| SessionError::Invalid("the session has no image".into()))?;
+        let image_name =
+            record.image.clone().ok_or_else(|| SessionError::Invalid("the session has no image".into()))?;
         let images = ImageStore::open(&self.home).map_err(|e| SessionError::Invalid(e.to_string()))?;
         let image = images.get(&image_name).map_err(|e| SessionError::Invalid(e.to_string()))?;
         let mut env: Vec<String> = record.env.iter().map(|(k, v)| format!("{k}={v}")).collect();

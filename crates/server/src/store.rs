@@ -164,10 +164,8 @@ impl SessionStore {
 
     /// The session `id`, if it exists.
     pub fn get(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let json: Option<String> = self
-            .conn()
-            .query_row("SELECT record FROM sessions WHERE id = ?1", [id], |row| row.get(0))
-            .optional()?;
+        let json: Option<String> =
+            self.conn().query_row("SELECT record FROM sessions WHERE id = ?1", [id], |row| row.get(0)).optional()?;
         Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
     }
 
@@ -194,7 +192,14 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> SessionRecord {
-        SessionRecord::new(id.into(), Some("busybox".into()), None, vec!["sleep".into(), "100".into()], BTreeMap::new(), 3)
+        SessionRecord::new(
+            id.into(),
+            Some("busybox".into()),
+            None,
+            vec!["sleep".into(), "100".into()],
+            BTreeMap::new(),
+            3,
+        )
     }
 
     #[test]

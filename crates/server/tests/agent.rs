@@ -59,7 +59,11 @@ fn counter_agent_keeps_counting_across_suspended_turns() {
         let snapshot = shown["snapshot"].as_str().unwrap().to_string();
         let manifest = server.backend().snapshot_list().into_iter().find(|m| m.id == snapshot);
         let manifest = manifest.unwrap_or_else(|| panic!("snapshot {snapshot} exists"));
-        assert_eq!(Some(manifest.context_seq.unwrap()), shown["cursor"].as_u64(), "the snapshot records the log position");
+        assert_eq!(
+            Some(manifest.context_seq.unwrap()),
+            shown["cursor"].as_u64(),
+            "the snapshot records the log position"
+        );
         assert!(nothing_runs(&server), "a sandbox still runs between turns");
         assert_eq!(shown["cursor"], json!(2 * turn - 1));
         assert_eq!(shown["snapshot_cursor"], shown["cursor"]);
@@ -192,11 +196,20 @@ while True:
     let body = json!({"image": "debian", "command": ["python3", "-c", READER], "idle_timeout_s": 1});
     let id = server.call("POST", "/v1/sessions", Some(&body.to_string())).body["id"].as_str().unwrap().to_string();
     server.turn(&id, json!("m1"));
-    let snapshot = server.wait_state(&id, "suspended", Duration::from_secs(30))["snapshot"].as_str().unwrap().to_string();
+    let snapshot =
+        server.wait_state(&id, "suspended", Duration::from_secs(30))["snapshot"].as_str().unwrap().to_string();
     // Damage the snapshot's process image: its checksums no longer match.
     let criu = server.path().join("snapshots").join(&snapshot).join("criu");
-    let image = std::fs::read_dir(&criu).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "img")).unwrap();
-    std::fs::OpenOptions::new().append(true).open(&image).and_then(|mut f| std::io::Write::write_all(&mut f, b"x")).unwrap();
+    let image = std::fs::read_dir(&criu)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "img"))
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&image)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .unwrap();
     let streamed = server.turn(&id, json!("m2"));
     assert_eq!(payloads(&streamed, "assistant"), [json!({"count": 2, "echo": "m2"})], "{streamed:?}");
     let log = server.context(&id);
@@ -220,7 +233,10 @@ fn twenty_sessions_at_once() {
             scope.spawn(move || {
                 for turn in 1..=2u64 {
                     let streamed = server.turn(id, json!(format!("s{i}t{turn}")));
-                    assert_eq!(payloads(&streamed, "assistant"), [json!({"count": turn, "echo": format!("s{i}t{turn}")})]);
+                    assert_eq!(
+                        payloads(&streamed, "assistant"),
+                        [json!({"count": turn, "echo": format!("s{i}t{turn}")})]
+                    );
                 }
             });
         }
@@ -293,7 +309,8 @@ fn a_session_started_from_a_snapshot_carries_its_memory_on() {
     let server = TestServer::start(true);
     let parent = create_agent(&server, 1);
     server.turn(&parent, json!("p1"));
-    let snapshot = server.wait_state(&parent, "suspended", Duration::from_secs(30))["snapshot"].as_str().unwrap().to_string();
+    let snapshot =
+        server.wait_state(&parent, "suspended", Duration::from_secs(30))["snapshot"].as_str().unwrap().to_string();
     let a = server.call("POST", "/v1/sessions", Some(&json!({"snapshot": snapshot}).to_string()));
     assert_eq!(a.status, 201, "{}", a.body);
     let child = a.body["id"].as_str().unwrap().to_string();

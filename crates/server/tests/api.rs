@@ -35,10 +35,17 @@ fn health_openapi_and_metrics() {
     let metrics = server.call("GET", "/metrics", None);
     assert_eq!(metrics.status, 200);
     let text = metrics.body.as_str().unwrap();
-    for family in ["hiber_sessions{state=\"running\"} 0", "hiber_snapshot_seconds_count", "hiber_restore_seconds_sum", "hiber_appends_total 0"] {
+    for family in [
+        "hiber_sessions{state=\"running\"} 0",
+        "hiber_snapshot_seconds_count",
+        "hiber_restore_seconds_sum",
+        "hiber_appends_total 0",
+    ] {
         assert!(text.contains(family), "{family} missing in {text}");
     }
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(server.path().join("api-token")).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(server.path().join("api-token")).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -58,9 +65,16 @@ fn bad_requests_get_the_right_4xx_and_change_nothing() {
         assert_eq!(server.call_with("GET", "/metrics", token, None).status, 401);
     }
     // Bad JSON, bad fields.
-    for body in ["{bad", "[]", r#"{"image":"busybox","command":["x"],"bogus":1}"#, r#"{"command":["x"]}"#,
-        r#"{"image":"busybox","snapshot":"s","command":["x"]}"#, r#"{"image":"busybox"}"#,
-        r#"{"image":"no-such-image","command":["x"]}"#, r#"{"image":"busybox","command":["x"],"idle_timeout_s":0}"#] {
+    for body in [
+        "{bad",
+        "[]",
+        r#"{"image":"busybox","command":["x"],"bogus":1}"#,
+        r#"{"command":["x"]}"#,
+        r#"{"image":"busybox","snapshot":"s","command":["x"]}"#,
+        r#"{"image":"busybox"}"#,
+        r#"{"image":"no-such-image","command":["x"]}"#,
+        r#"{"image":"busybox","command":["x"],"idle_timeout_s":0}"#,
+    ] {
         let a = server.call("POST", "/v1/sessions", Some(body));
         assert_eq!(a.status, 400, "{body}: {}", a.body);
         assert_eq!(error_code(&a.body), "bad_request");
@@ -127,7 +141,10 @@ fn session_create_list_show_context_delete() {
     let (event, data) = sse(response.into_reader()).next().unwrap();
     assert_eq!(event, "entry");
     let first: Value = serde_json::from_str(&data).unwrap();
-    assert_eq!((first["seq"].clone(), first["kind"].clone(), first["payload"].clone()), (json!(1), json!("user"), json!({"text": "hello"})));
+    assert_eq!(
+        (first["seq"].clone(), first["kind"].clone(), first["payload"].clone()),
+        (json!(1), json!("user"), json!({"text": "hello"}))
+    );
 
     let big = json!({"content": "x".repeat(900 << 10)}).to_string();
     let a = server.call("POST", &format!("/v1/sessions/{id}/messages"), Some(&big));
@@ -139,8 +156,10 @@ fn session_create_list_show_context_delete() {
     assert_eq!(after.body, json!({"entries": []}));
     assert_eq!(server.call("GET", &format!("/v1/sessions/{id}/context?after=x"), None).status, 400);
     // The streaming variants give stored entries first.
-    for path in [format!("/v1/sessions/{id}/context/stream?after=0"), format!("/v1/sessions/{id}/context?follow=true")] {
-        let response = ureq::get(&server.url(&path)).set("Authorization", &format!("Bearer {}", server.token)).call().unwrap();
+    for path in [format!("/v1/sessions/{id}/context/stream?after=0"), format!("/v1/sessions/{id}/context?follow=true")]
+    {
+        let response =
+            ureq::get(&server.url(&path)).set("Authorization", &format!("Bearer {}", server.token)).call().unwrap();
         let (event, data) = sse(response.into_reader()).next().unwrap();
         assert_eq!(event, "entry");
         assert_eq!(serde_json::from_str::<Value>(&data).unwrap()["seq"], 1);

@@ -18,7 +18,15 @@ pub fn list(home: &Path, json: bool) -> Result<i32> {
     }
     let rows: Vec<Vec<String>> = images
         .iter()
-        .map(|i| vec![i.name.clone(), format::size(i.size_bytes), i.layers.len().to_string(), format::age(i.created), i.source.clone()])
+        .map(|i| {
+            vec![
+                i.name.clone(),
+                format::size(i.size_bytes),
+                i.layers.len().to_string(),
+                format::age(i.created),
+                i.source.clone(),
+            ]
+        })
         .collect();
     format::table(&["NAME", "SIZE", "LAYERS", "CREATED", "SOURCE"], &rows)?;
     Ok(0)

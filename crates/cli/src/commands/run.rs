@@ -39,9 +39,9 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
     }
     // Attached: like `docker run --rm`.
     let reconnect = || backend.connect(&id);
-    let result = reconnect()
-        .map_err(anyhow::Error::from)
-        .and_then(|conn| attach::exec(conn, &reconnect, info.record.init_pid, &exec_id(), process, args.process.interactive));
+    let result = reconnect().map_err(anyhow::Error::from).and_then(|conn| {
+        attach::exec(conn, &reconnect, info.record.init_pid, &exec_id(), process, args.process.interactive)
+    });
     let removed = backend.remove(&id, true);
     let code = result?;
     removed?;

@@ -13,8 +13,13 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 pub fn serve(home: &Path, args: ServeArgs) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let server = Server::bind(home, args.listen).await.with_context(|| format!("cannot serve on {}", args.listen))?;
-        eprintln!("hiber serve: listening on http://{} (token in {})", server.local_addr()?, home.join(hiber_server::auth::TOKEN_FILE).display());
+        let server =
+            Server::bind(home, args.listen).await.with_context(|| format!("cannot serve on {}", args.listen))?;
+        eprintln!(
+            "hiber serve: listening on http://{} (token in {})",
+            server.local_addr()?,
+            home.join(hiber_server::auth::TOKEN_FILE).display()
+        );
         let (stop, stopping) = tokio::sync::oneshot::channel::<()>();
         let serving = server.serve(async {
             let _ = stopping.await;

@@ -24,7 +24,9 @@ impl Client {
         let token = match std::env::var("HIBER_TOKEN") {
             Ok(t) if !t.is_empty() => t,
             _ => std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read the API token {} (has `hiber serve` run on this home?)", path.display()))?
+                .with_context(|| {
+                    format!("cannot read the API token {} (has `hiber serve` run on this home?)", path.display())
+                })?
                 .trim()
                 .to_string(),
         };
@@ -111,7 +113,9 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
         SessionCommand::New { image, snapshot, env, idle_timeout, command } => {
             let mut vars = BTreeMap::new();
             for pair in env {
-                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("invalid environment variable '{pair}': use KEY=VALUE"))?;
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("invalid environment variable '{pair}': use KEY=VALUE"))?;
                 vars.insert(k.to_string(), v.to_string());
             }
             let body = json!({"image": image, "snapshot": snapshot, "command": command, "env": vars, "idle_timeout_s": idle_timeout});
@@ -119,22 +123,25 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
             writeln!(out, "{}", session["id"].as_str().unwrap_or_default())?;
         }
         SessionCommand::Send { id, message, json } => {
-            let content: Value = if json { serde_json::from_str(&message).context("the message is not JSON")? } else { Value::String(message) };
-            let response = client.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
-            events(response.into_reader(), |event, data| {
-                match event {
-                    "entry" => {
-                        let entry: Value = serde_json::from_str(data)?;
-                        if entry["kind"] != "user" {
-                            writeln!(out, "{}", entry_line(&entry, false))?;
-                            out.flush()?;
-                        }
-                        Ok(true)
+            let content: Value = if json {
+                serde_json::from_str(&message).context("the message is not JSON")?
+            } else {
+                Value::String(message)
+            };
+            let response =
+                client.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
+            events(response.into_reader(), |event, data| match event {
+                "entry" => {
+                    let entry: Value = serde_json::from_str(data)?;
+                    if entry["kind"] != "user" {
+                        writeln!(out, "{}", entry_line(&entry, false))?;
+                        out.flush()?;
                     }
-                    "error" => bail!("{data}"),
-                    "done" => Ok(false),
-                    _ => Ok(true),
+                    Ok(true)
                 }
+                "error" => bail!("{data}"),
+                "done" => Ok(false),
+                _ => Ok(true),
             })?;
         }
         SessionCommand::Ls(flag) => {
@@ -147,7 +154,10 @@ pub fn session(home: &Path, args: SessionArgs) -> Result<i32> {
             let rows: Vec<Vec<String>> = sessions
                 .iter()
                 .map(|s| {
-                    let command: Vec<&str> = s["command"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+                    let command: Vec<&str> = s["command"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
                     vec![
                         s["id"].as_str().unwrap_or_default().to_string(),
                         s["state"].as_str().unwrap_or_default().to_string(),

@@ -202,7 +202,6 @@ pub fn read_counter(port: u16) -> Result<u64> {
     reply.trim().parse().with_context(|| format!("not a counter value: {reply:?}"))
 }
 
-
 /// fsyncs `path` and, for a directory, every regular file and directory below it (symbolic
 /// links, sockets and FIFOs are neither followed nor opened); returns the bytes allocated to
 /// them, as [`disk_usage`] counts them.

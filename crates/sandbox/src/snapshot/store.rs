@@ -193,7 +193,8 @@ impl Pending {
         let criu = self.criu_dir();
         for rel in files_below(&criu).map_err(io_err(&criu))? {
             let path = criu.join(&rel);
-            let (size, blake3) = hash_file(&path).and_then(|sum| File::open(&path)?.sync_all().map(|()| sum)).map_err(io_err(&path))?;
+            let (size, blake3) =
+                hash_file(&path).and_then(|sum| File::open(&path)?.sync_all().map(|()| sum)).map_err(io_err(&path))?;
             manifest.files.push(FileSum { path: format!("criu/{rel}"), size, blake3 });
         }
         File::open(&criu).and_then(|d| d.sync_all()).map_err(io_err(&criu))?;
@@ -344,7 +345,9 @@ impl SnapshotStore {
         match matches.as_slice() {
             [one] => Ok(one.to_string()),
             [] => Err(StoreError::NotFound(key.into())),
-            many => Err(StoreError::Ambiguous(key.into(), many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))),
+            many => {
+                Err(StoreError::Ambiguous(key.into(), many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")))
+            }
         }
     }
 
@@ -354,7 +357,8 @@ impl SnapshotStore {
         let bad = |reason: String| StoreError::BadManifest { id: id.into(), reason };
         let bytes = fs::read(&path).map_err(|e| bad(e.to_string()))?;
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
-        let version = value.get("format_version").and_then(|v| v.as_u64()).ok_or_else(|| bad("no format_version".into()))?;
+        let version =
+            value.get("format_version").and_then(|v| v.as_u64()).ok_or_else(|| bad("no format_version".into()))?;
         if version > FORMAT_VERSION as u64 {
             return Err(StoreError::FromTheFuture { id: id.into(), found: version as u32 });
         }
@@ -429,7 +433,10 @@ mod tests {
         fs::write(pending.criu_dir().join("sub/core.img"), b"core").unwrap();
         let id = pending.id().to_string();
         let m = pending.seal(manifest(&id)).unwrap();
-        assert_eq!(m.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["criu/pages-1.img", "criu/sub/core.img"]);
+        assert_eq!(
+            m.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+            ["criu/pages-1.img", "criu/sub/core.img"]
+        );
         pending.commit().unwrap();
         id
     }

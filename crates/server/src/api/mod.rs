@@ -44,11 +44,8 @@ pub fn router(sessions: Sessions, token: String) -> Router {
 /// before reading any of it; bodies of unknown length are cut at the limit
 /// as they are read.
 async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
-    let announced = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let announced =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     match announced {
         Some(length) if length > BODY_LIMIT as u64 => ApiError::TooLarge(BODY_LIMIT).into_response(),
         _ => next.run(request).await,

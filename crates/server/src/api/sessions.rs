@@ -143,12 +143,8 @@ pub async fn send(
         return Err(ApiError::TooLarge(MAX_MESSAGE_BYTES));
     }
     let turn = s.send(&id, msg.content).await?;
-    let mut entries = s
-        .shared()
-        .log
-        .follow(&id, turn.user_seq - 1)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut entries =
+        s.shared().log.follow(&id, turn.user_seq - 1).await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
         let mut done = turn.done;

@@ -67,7 +67,8 @@ impl TestServer {
 
     fn boot(&mut self) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let server = runtime.block_on(Server::bind(self.home.path(), "127.0.0.1:0".parse().unwrap())).expect("server starts");
+        let server =
+            runtime.block_on(Server::bind(self.home.path(), "127.0.0.1:0".parse().unwrap())).expect("server starts");
         self.addr = server.local_addr().unwrap();
         self.token = std::fs::read_to_string(self.home.path().join("api-token")).unwrap().trim().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

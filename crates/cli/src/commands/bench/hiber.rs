@@ -46,7 +46,13 @@ impl HiberTimes {
 }
 
 /// Measures `workload` (the main process of `spec`) `rounds` times; returns the medians.
-pub fn hiber(backend: &ContainerBackend, home: &Path, spec: &SandboxSpec, workload: Workload, rounds: usize) -> Result<HiberTimes> {
+pub fn hiber(
+    backend: &ContainerBackend,
+    home: &Path,
+    spec: &SandboxSpec,
+    workload: Workload,
+    rounds: usize,
+) -> Result<HiberTimes> {
     ensure!(rounds > 0, "at least one round is needed");
     let times = (1..=rounds)
         .map(|n| {
@@ -70,13 +76,15 @@ fn one_round(home: &Path, spec: &SandboxSpec, workload: Workload, mut cleanup: C
     let snapshot_s = started.elapsed().as_secs_f64();
     cleanup.snapshot = Some(manifest.id.clone());
     let layer = manifest.layers.first().ok_or_else(|| anyhow!("snapshot {} has no layer", manifest.id))?;
-    let size_bytes = disk_usage(&home.join("snapshots").join(&manifest.id))? + disk_usage(&home.join("layers").join(layer))?;
+    let size_bytes =
+        disk_usage(&home.join("snapshots").join(&manifest.id))? + disk_usage(&home.join("layers").join(layer))?;
 
     let (restore_call_s, restore_s) = restore(&cleanup, &manifest.id, workload, before).context("restore")?;
 
     let started = Instant::now();
     let forks: Vec<Result<(f64, f64)>> = thread::scope(|s| {
-        let handles: Vec<_> = (0..FORKS).map(|_| s.spawn(|| restore(&cleanup, &manifest.id, workload, before))).collect();
+        let handles: Vec<_> =
+            (0..FORKS).map(|_| s.spawn(|| restore(&cleanup, &manifest.id, workload, before))).collect();
         handles.into_iter().map(|h| h.join().map_err(|_| anyhow!("a fork thread panicked"))?).collect()
     });
     let fork_s = started.elapsed().as_secs_f64();

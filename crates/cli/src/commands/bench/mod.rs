@@ -16,7 +16,9 @@ use crate::cli::BenchCommand;
 pub fn bench(home: &Path, command: BenchCommand) -> Result<i32> {
     match command {
         BenchCommand::Start { runs, rounds, json } => start::start(home, runs.max(1), rounds.max(1), json),
-        BenchCommand::Snapshot { rounds, json, skip_podman } => snapshot::snapshot(home, rounds.max(1), json, skip_podman),
+        BenchCommand::Snapshot { rounds, json, skip_podman } => {
+            snapshot::snapshot(home, rounds.max(1), json, skip_podman)
+        }
         BenchCommand::Session { rounds, json } => session::session(home, rounds.max(1), json),
     }
 }

@@ -20,7 +20,8 @@ use crate::format;
 use crate::peers::{median, percentile};
 
 /// The agent: echoes every message as one `assistant` entry.
-const AGENT: &str = "import hiber\nwhile True:\n    m = hiber.next_message()\n    hiber.append(\"assistant\", {\"echo\": m})\n";
+const AGENT: &str =
+    "import hiber\nwhile True:\n    m = hiber.next_message()\n    hiber.append(\"assistant\", {\"echo\": m})\n";
 
 /// The server's home, below `HIBER_HOME`. Kept between runs (the Debian image is linked into it
 /// once, from the per-machine cache); the sessions are deleted after each run.
@@ -162,7 +163,10 @@ impl BenchServer {
             .context("cannot start the benchmark's hiber serve")?;
         let addr = server.local_addr()?;
         let token_file = home.join(hiber_server::auth::TOKEN_FILE);
-        let token = fs::read_to_string(&token_file).with_context(|| format!("reading {}", token_file.display()))?.trim().to_string();
+        let token = fs::read_to_string(&token_file)
+            .with_context(|| format!("reading {}", token_file.display()))?
+            .trim()
+            .to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         runtime.spawn(server.serve(async {
             let _ = stopped.await;
@@ -213,7 +217,8 @@ impl BenchServer {
     /// `done`.
     fn turn(&self, id: &str, content: &str) -> Result<TurnTimes> {
         let started = Instant::now();
-        let response = self.client.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
+        let response =
+            self.client.send("POST", &format!("/v1/sessions/{id}/messages"), Some(json!({"content": content})))?;
         let (mut user, mut first, mut done) = (None, None, None);
         events(response.into_reader(), |event, data| match event {
             "entry" => {
@@ -223,7 +228,10 @@ impl BenchServer {
                         user.get_or_insert_with(|| started.elapsed());
                     } else {
                         first = Some(started.elapsed());
-                        ensure!(entry["payload"]["echo"] == content, "the agent's first entry is not the echo of {content:?}: {entry}");
+                        ensure!(
+                            entry["payload"]["echo"] == content,
+                            "the agent's first entry is not the echo of {content:?}: {entry}"
+                        );
                     }
                 }
                 Ok(true)
@@ -244,7 +252,8 @@ impl BenchServer {
     /// The server's restores so far: (count, total seconds).
     fn restores(&self) -> Result<(u64, f64)> {
         let text = self.client.send("GET", "/metrics", None)?.into_string()?;
-        let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
+        let value =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok());
         let count = value("hiber_restore_seconds_count").ok_or_else(|| anyhow!("/metrics has no restore count"))?;
         Ok((count as u64, value("hiber_restore_seconds_sum").unwrap_or(0.0)))
     }
@@ -346,9 +355,19 @@ fn met(ok: bool) -> &'static str {
 fn print_report(r: &Report) -> std::io::Result<()> {
     let t = &r.targets;
     outln!("Message -> first streamed entry (python agent in Debian, real hiber serve over HTTP/SSE)")?;
-    let restore = |turns: &Turns| turns.restore_ms_mean.map_or_else(|| "-".to_string(), |m| format!("{} x {}", turns.restores, ms(m)));
+    let restore = |turns: &Turns| {
+        turns.restore_ms_mean.map_or_else(|| "-".to_string(), |m| format!("{} x {}", turns.restores, ms(m)))
+    };
     let rows = vec![
-        vec!["running".into(), ms(r.running.user_entry_ms_p50), ms(r.running.first_entry_ms_p50), ms(r.running.first_entry_ms_p95), ms(r.running.turn_ms_p50), restore(&r.running), "-".into()],
+        vec![
+            "running".into(),
+            ms(r.running.user_entry_ms_p50),
+            ms(r.running.first_entry_ms_p50),
+            ms(r.running.first_entry_ms_p95),
+            ms(r.running.turn_ms_p50),
+            restore(&r.running),
+            "-".into(),
+        ],
         vec![
             "suspended".into(),
             ms(r.suspended.user_entry_ms_p50),
@@ -359,7 +378,10 @@ fn print_report(r: &Report) -> std::io::Result<()> {
             format!("p50 <= {} ({})", ms(t.suspended_first_entry_ms), met(t.suspended_first_entry_met)),
         ],
     ];
-    format::table(&["SESSION", "USER ENTRY P50", "FIRST ENTRY P50", "FIRST ENTRY P95", "TURN P50", "RESTORES (MEAN)", "TARGET"], &rows)?;
+    format::table(
+        &["SESSION", "USER ENTRY P50", "FIRST ENTRY P50", "FIRST ENTRY P95", "TURN P50", "RESTORES (MEAN)", "TARGET"],
+        &rows,
+    )?;
     outln!(
         "{} messages each, from sending the message until on the turn's SSE stream arrive: user entry = the\n\
          message's own entry; first entry = the agent's first entry; turn = `done`. restores = server-side\n\

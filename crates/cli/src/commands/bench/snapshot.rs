@@ -141,7 +141,14 @@ fn print_report(report: &Report) -> std::io::Result<()> {
     let mut rows = Vec::new();
     for w in &report.workloads {
         let h = &w.hiber;
-        rows.push(vec![w.workload.to_string(), "hiber".into(), ms(h.snapshot_s), ms(h.restore_s), format::size(h.size_bytes), ms(h.fork_s)]);
+        rows.push(vec![
+            w.workload.to_string(),
+            "hiber".into(),
+            ms(h.snapshot_s),
+            ms(h.restore_s),
+            format::size(h.size_bytes),
+            ms(h.fork_s),
+        ]);
         for (name, peer) in [("CRIU CLI", &w.criu_cli), ("Podman", &w.podman)] {
             let row = match peer {
                 Some(p) => vec![ms(p.snapshot_s), ms(p.restore_answered_s()), format::size(p.size_bytes), "-".into()],
@@ -166,9 +173,16 @@ fn print_report(report: &Report) -> std::io::Result<()> {
             ]
         })
         .collect();
-    format::table(&["hiber / peer", "SNAPSHOT vs CRIU", "RESTORE vs CRIU", "SNAPSHOT vs Podman", "RESTORE vs Podman"], &rows)?;
+    format::table(
+        &["hiber / peer", "SNAPSHOT vs CRIU", "RESTORE vs CRIU", "SNAPSHOT vs Podman", "RESTORE vs Podman"],
+        &rows,
+    )?;
     outln!()?;
-    outln!("Medians of {} rounds, CRIU {}. snapshot = freeze to durable (fsync'd); restore = from the", report.rounds, report.criu_version)?;
+    outln!(
+        "Medians of {} rounds, CRIU {}. snapshot = freeze to durable (fsync'd); restore = from the",
+        report.rounds,
+        report.criu_version
+    )?;
     outln!("restore command until the workload answers again (idle: the command returns; python-100m: its")?;
     outln!("next counter value, previous + 1, is read in the sandbox); size = allocated on disk (hiber: the")?;
     outln!("snapshot directory + its new layer); fork x{FORKS} = wall time for {FORKS} concurrent restores of one")?;

@@ -83,7 +83,11 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
             if !json {
                 outln!(
                     "{:<8} workers={}  {:>7.1} starts/s   start p50 {:>6.1} ms  p95 {:>6.1} ms",
-                    result.image, result.workers, result.starts_per_sec, result.latency_ms_p50, result.latency_ms_p95
+                    result.image,
+                    result.workers,
+                    result.starts_per_sec,
+                    result.latency_ms_p50,
+                    result.latency_ms_p95
                 )?;
             }
             results.push(result);
