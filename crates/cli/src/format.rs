@@ -1,7 +1,5 @@
 //! Human-readable sizes, ages and tables.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 /// `1536` -> `1.5 KB`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
@@ -20,7 +18,7 @@ pub fn size(bytes: u64) -> String {
 
 /// Seconds since the epoch -> `5 minutes ago`.
 pub fn age(unix_secs: u64) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = hiber_common::unix_secs();
     let secs = now.saturating_sub(unix_secs);
     let (n, unit) = match secs {
         0..=59 => (secs, "second"),
@@ -63,7 +61,7 @@ mod tests {
 
     #[test]
     fn ages_pick_a_unit() {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let now = hiber_common::unix_secs();
         assert_eq!(age(now - 1), "1 second ago");
         assert_eq!(age(now - 120), "2 minutes ago");
         assert_eq!(age(now - 3 * 86_400), "3 days ago");

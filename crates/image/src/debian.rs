@@ -18,9 +18,9 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 
-use crate::atomic::sync_dir;
-use crate::lock::lock_exclusive;
 use crate::mirror::{self, MirrorError};
+use hiber_common::fs::sync_dir;
+use hiber_common::lock::{lock_file, Mode};
 
 /// The suite debootstrap installs.
 const SUITE: &str = "bookworm";
@@ -112,9 +112,9 @@ pub(crate) fn cached_rootfs(cache: &Path, progress: &mut dyn FnMut(&str)) -> Res
         .open(&lock_path)
         .map_err(io_err(format!("cannot open {}", lock_path.display())))?;
     let locked = |e| io_err(format!("cannot lock {}", lock_path.display()))(e);
-    if !lock_exclusive(&lock, false).map_err(locked)? {
+    if !lock_file(&lock, Mode::TryExclusive).map_err(locked)? {
         progress(&format!("waiting for another build of {key} to finish"));
-        lock_exclusive(&lock, true).map_err(locked)?;
+        lock_file(&lock, Mode::Exclusive).map_err(locked)?;
     }
     if done.is_dir() {
         return Ok(done);
@@ -122,7 +122,7 @@ pub(crate) fn cached_rootfs(cache: &Path, progress: &mut dyn FnMut(&str)) -> Res
 
     let tmp_prefix = format!(".tmp-{key}-");
     remove_stale(&root, &tmp_prefix)?;
-    let tmp = root.join(format!("{tmp_prefix}{:016x}", rand::random::<u64>()));
+    let tmp = root.join(format!("{tmp_prefix}{}", hiber_common::random_id(16)));
     progress(&format!("running debootstrap {SUITE} ({VARIANT} + {INCLUDE}) for the machine cache {}", root.display()));
     let built = debootstrap(&mirror, &tmp, &lock, progress).and_then(|()| {
         clean_apt_caches(&tmp)?;

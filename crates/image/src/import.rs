@@ -448,7 +448,7 @@ pub(crate) mod tests {
         link.set_size(0);
         b.append_link(&mut link, "out", "/tmp").unwrap();
         let with_link = b.into_inner().unwrap();
-        let name = format!("out/hiber-escape-{:016x}", rand::random::<u64>());
+        let name = format!("out/hiber-escape-{}", hiber_common::random_id(16));
         let (_d, r) = run(&tar_with_raw_name(&with_link, name.as_bytes()));
         assert!(matches!(r, Err(ImportError::Escapes { .. })), "{r:?}");
         assert!(!Path::new("/").join(name.replace("out/", "tmp/")).exists());

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::sync_dir;
-use crate::lock::lock_exclusive;
+use hiber_common::fs::sync_dir;
+use hiber_common::lock::{lock_file, Mode};
 
 const STAGING_PREFIX: &str = ".staging-";
 
@@ -89,7 +89,7 @@ impl LayerId {
 
     /// A fresh random id, e.g. to name a layer in a journal before it exists.
     pub fn random() -> LayerId {
-        LayerId(format!("{:016x}", rand::random::<u64>()))
+        LayerId(hiber_common::random_id(16))
     }
 }
 
@@ -152,7 +152,7 @@ impl LayerStore {
     /// returned [`Staging`] is dropped without [`Staging::commit`].
     pub fn staging(&self) -> Result<Staging, LayerError> {
         loop {
-            let path = self.dir.join(format!("{STAGING_PREFIX}{:016x}", rand::random::<u64>()));
+            let path = self.dir.join(format!("{STAGING_PREFIX}{}", hiber_common::random_id(16)));
             let what = || format!("cannot create staging directory {}", path.display());
             match fs::create_dir(&path) {
                 Ok(()) => {}
@@ -160,7 +160,7 @@ impl LayerStore {
                 Err(e) => return Err(LayerError::io(what())(e)),
             }
             let lock = File::open(&path).map_err(LayerError::io(what()))?;
-            lock_exclusive(&lock, true).map_err(LayerError::io(what()))?;
+            lock_file(&lock, Mode::Exclusive).map_err(LayerError::io(what()))?;
             // Between mkdir and flock another process's `open` may have found the directory
             // unlocked and removed it; then start again.
             if lock.metadata().map_err(LayerError::io(what()))?.nlink() == 0 {
@@ -247,7 +247,7 @@ impl LayerStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(LayerError::io(what())(e)),
             };
-            if lock_exclusive(&lock, false).map_err(LayerError::io(what()))? {
+            if lock_file(&lock, Mode::TryExclusive).map_err(LayerError::io(what()))? {
                 remove_tree(&path).map_err(LayerError::io(format!("cannot remove leftover {}", path.display())))?;
             }
         }

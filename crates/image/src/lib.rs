@@ -13,18 +13,15 @@
 
 #![warn(missing_docs)]
 
-mod atomic;
 mod busybox;
 mod copy;
 mod debian;
 mod image;
 mod import;
 mod layer;
-mod lock;
 mod mirror;
 mod store;
 
-pub use atomic::AtomicError;
 pub use busybox::BusyboxError;
 pub use copy::CopyError;
 pub use debian::DebianError;

@@ -5,9 +5,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::atomic::{self, AtomicError};
 use crate::busybox::{self, BusyboxError};
 use crate::copy::{copy_tree, CopyError};
 use crate::debian::{self, DebianError};
@@ -51,9 +49,6 @@ pub enum StoreError {
     /// A layer store failure.
     #[error(transparent)]
     Layer(#[from] LayerError),
-    /// A manifest could not be written or removed.
-    #[error(transparent)]
-    Atomic(#[from] AtomicError),
     /// Building the busybox image failed.
     #[error(transparent)]
     Busybox(#[from] BusyboxError),
@@ -132,7 +127,9 @@ impl ImageStore {
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
         validate_name(name)?;
         self.read(name)?;
-        Ok(atomic::remove_file(&self.manifest(name))?)
+        let path = self.manifest(name);
+        hiber_common::fs::remove_durably(&path)
+            .map_err(|source| StoreError::Io { what: format!("cannot remove {}", path.display()), source })
     }
 
     /// Builds the `busybox` image from the host's busybox-static (`/bin/busybox`).
@@ -203,12 +200,14 @@ impl ImageStore {
                 name: name.to_string(),
                 size_bytes: self.layers.size_on_disk(&layer)?,
                 layers: vec![layer.clone()],
-                created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                created: hiber_common::unix_secs(),
                 source,
             };
             let mut json = serde_json::to_vec_pretty(&image).expect("an image serializes");
             json.push(b'\n');
-            atomic::write_file(&self.manifest(name), &json)?;
+            let path = self.manifest(name);
+            hiber_common::fs::write_atomic(&path, &json)
+                .map_err(|source| StoreError::Io { what: format!("cannot write {}", path.display()), source })?;
             Ok::<_, StoreError>(image)
         })();
         match written {
@@ -407,7 +406,7 @@ mod tests {
             source: "test".into(),
         };
         let json = serde_json::to_vec(&ghost).unwrap();
-        atomic::write_file(&home.path().join("images/ghost.json"), &json).unwrap();
+        hiber_common::fs::write_atomic(&home.path().join("images/ghost.json"), &json).unwrap();
         assert!(matches!(store.get("ghost"), Err(StoreError::MissingLayer { .. })));
         // Another manifest being unreadable does not stop a removal.
         store.remove("ghost").unwrap();

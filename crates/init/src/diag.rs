@@ -7,7 +7,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 static LOG: OnceLock<File> = OnceLock::new();
 
@@ -24,7 +23,7 @@ pub fn open(path: &Path) -> io::Result<()> {
 /// breaks turned into spaces. Failures to write are ignored: there is
 /// nowhere else to report them.
 pub fn line(message: fmt::Arguments<'_>) {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = hiber_common::unix_secs();
     let text = message.to_string().replace(['\n', '\r'], " ");
     let entry = format!("{secs} hiber-init: {text}\n");
     match LOG.get() {

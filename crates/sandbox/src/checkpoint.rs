@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hiber_image::{ImageStore, LayerId};
 
@@ -22,7 +21,9 @@ use crate::container::{ContainerBackend, How, SandboxError};
 use crate::criu::Criu;
 use crate::overlay;
 use crate::snapshot::{Journal, Leftover, Manifest, FORMAT_VERSION};
-use crate::state::{is_alive, read_json, write_json_atomic, SandboxRecord, SuspendRecord};
+use hiber_common::fs::{read_json, write_json_atomic};
+
+use crate::state::{is_alive, SandboxRecord, SuspendRecord};
 use crate::SandboxInfo;
 
 /// How a snapshot treats its sandbox.
@@ -39,10 +40,6 @@ pub struct SnapshotOptions {
 
 fn layer_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl ContainerBackend {
@@ -66,7 +63,7 @@ impl ContainerBackend {
         // Host connections wait while this is held (see `connect`): none can
         // slip in between the detach and the dump.
         let lock = dir.snapshot_lock();
-        let _snapshotting = crate::lock::lock(&lock, crate::lock::Mode::Exclusive)
+        let _snapshotting = hiber_common::lock::lock(&lock, hiber_common::lock::Mode::Exclusive)
             .map_err(|source| SandboxError::Io { path: lock, source })?;
         self.detach_clients(&record)?;
         let cgroup = self.cgroup(&record);
@@ -92,7 +89,7 @@ impl ContainerBackend {
             context_seq: options.context_seq,
             criu_version: criu.version.clone(),
             hiber_version: env!("CARGO_PKG_VERSION").to_string(),
-            created: now(),
+            created: hiber_common::unix_secs(),
             files: Vec::new(),
         };
         let manifest = match pending.seal(manifest) {
@@ -190,7 +187,7 @@ impl ContainerBackend {
             from_snapshot: Some(manifest.id.clone()),
             limits: manifest.limits,
             main: manifest.main.clone(),
-            created: now(),
+            created: hiber_common::unix_secs(),
             shim_pid: 0,
             init_pid: 0,
             init_start: 0,

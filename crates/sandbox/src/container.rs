@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hiber_proto::InitConfig;
 
@@ -21,7 +21,9 @@ use crate::runtime::{Runtime, RuntimeError, SandboxDir};
 use crate::snapshot::{Manifest, SnapshotStore, StoreError};
 use crate::spawn::{self, Launch, SpawnError, Start};
 use crate::spec::{validate_name, SandboxSpec, SpecError};
-use crate::state::{self, process_start, write_json_atomic, SandboxRecord, Status};
+use hiber_common::fs::{read_json, write_json_atomic};
+
+use crate::state::{self, process_start, SandboxRecord, Status};
 use crate::{Backend, SandboxInfo};
 
 /// How long a new sandbox's init has to answer.
@@ -119,7 +121,7 @@ pub(crate) enum How<'a> {
 
 /// A new 12-hex-digit id.
 pub(crate) fn new_id() -> String {
-    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    hiber_common::random_id(12)
 }
 
 impl ContainerBackend {
@@ -224,7 +226,7 @@ impl ContainerBackend {
         match self.start(&record, &dir, how) {
             Ok(record) => Ok(self.info(record)),
             Err(e) => {
-                let record = state::read_json(&dir.state()).unwrap_or(record);
+                let record = read_json(&dir.state()).unwrap_or(record);
                 let _ = self.teardown(&record);
                 Err(e)
             }
@@ -319,10 +321,6 @@ fn reap_if_child(shim_pid: i32) {
     }
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 impl Backend for ContainerBackend {
     type Error = SandboxError;
 
@@ -342,7 +340,7 @@ impl Backend for ContainerBackend {
             from_snapshot: None,
             limits: spec.limits,
             main: spec.main,
-            created: now(),
+            created: hiber_common::unix_secs(),
             shim_pid: 0,
             init_pid: 0,
             init_start: 0,
@@ -365,7 +363,7 @@ impl Backend for ContainerBackend {
         // it, then look again.
         let lock = self.runtime.dir(&id).snapshot_lock();
         drop(
-            crate::lock::lock(&lock, crate::lock::Mode::Shared)
+            hiber_common::lock::lock(&lock, hiber_common::lock::Mode::Shared)
                 .map_err(|source| SandboxError::Io { path: lock, source })?,
         );
         let info = self.find(&id)?;

@@ -115,17 +115,14 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
     let layer = layers_dir.join(&name);
     if let Some(identity) = &identity {
         // Best effort: without the cache the next start hashes again.
-        let tmp = layers_dir.join(format!(".hiber-init.cache.{}", rand::random::<u64>()));
         let _ = fs::create_dir_all(layers_dir)
-            .and_then(|()| fs::write(&tmp, format!("{identity}\t{name}")))
-            .and_then(|()| fs::rename(&tmp, &cache));
-        let _ = fs::remove_file(&tmp);
+            .and_then(|()| hiber_common::fs::write_atomic(&cache, format!("{identity}\t{name}").as_bytes()));
     }
     if layer.is_dir() {
         return Ok(layer);
     }
     fs::create_dir_all(layers_dir).map_err(io_err(layers_dir))?;
-    let staging = layers_dir.join(format!(".init-staging-{}", rand::random::<u64>()));
+    let staging = layers_dir.join(format!(".init-staging-{}", hiber_common::random_id(16)));
     let result = build(&staging, &bytes, SDK_MODULE.as_bytes()).map_err(io_err(&staging));
     let result = result.and_then(|()| match fs::rename(&staging, &layer) {
         // Another process made the same layer first: theirs is identical.

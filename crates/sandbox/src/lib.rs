@@ -11,7 +11,6 @@ pub mod client;
 pub mod container;
 pub mod criu;
 pub mod init_layer;
-pub mod lock;
 pub mod overlay;
 pub mod preflight;
 pub mod runtime;

@@ -5,7 +5,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use crate::state::{read_json, SandboxRecord};
+use hiber_common::fs::read_json;
+
+use crate::state::SandboxRecord;
 
 /// Errors finding sandboxes.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +96,7 @@ impl Runtime {
     /// Takes the lock that serialises creating and removing sandboxes.
     pub fn lock(&self) -> Result<Lock, RuntimeError> {
         let path = self.root.join(".lock");
-        match crate::lock::lock(&path, crate::lock::Mode::Exclusive) {
+        match hiber_common::lock::lock(&path, hiber_common::lock::Mode::Exclusive) {
             Ok(file) => Ok(Lock(file.expect("a blocking lock"))),
             Err(source) => Err(RuntimeError::Io { path, source }),
         }

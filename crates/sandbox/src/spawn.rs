@@ -16,7 +16,6 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use hiber_proto::{InitConfig, INIT_PATH};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -24,7 +23,9 @@ use nix::unistd::{chdir, pivot_root, sethostname, setsid};
 
 use crate::cgroup::Cgroup;
 use crate::criu::Criu;
-use crate::state::{write_json_atomic, ExitRecord};
+use hiber_common::fs::write_json_atomic;
+
+use crate::state::ExitRecord;
 
 /// Errors starting a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -461,7 +462,7 @@ fn reap_until_empty(init_pid: i32, exit_file: &Path) {
             return;
         }
         if pid == init_pid {
-            let at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            let at = hiber_common::unix_secs();
             if let Err(e) = write_json_atomic(exit_file, &ExitRecord { code: exit_code(status), at }) {
                 eprintln!("hiber-shim: recording the exit of {init_pid}: {e}");
             }

@@ -1,9 +1,9 @@
 //! What is saved about a sandbox (`state.json`) and how its status is read.
 
 use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use hiber_common::fs::read_json;
 use hiber_proto::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
@@ -152,28 +152,10 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
     stat[stat.rfind(')')? + 2..].split(' ').nth(1)?.parse().ok()
 }
 
-/// Reads a JSON file.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<T> {
-    let bytes = fs::read(path)?;
-    serde_json::from_slice(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-}
-
-/// Writes a JSON file atomically: a temporary file beside it, fsync, rename.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(value).map_err(io::Error::other)?)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hiber_common::fs::write_json_atomic;
 
     #[test]
     fn own_process_is_alive_and_start_time_is_stable() {

@@ -48,7 +48,7 @@ pub fn load_or_create(home: &Path) -> Result<String, AuthError> {
         Err(e) => return Err(io_err(e)),
     }
     fs::create_dir_all(home).map_err(io_err)?;
-    let token = format!("{:032x}{:032x}", rand::random::<u128>(), rand::random::<u128>());
+    let token = format!("{}{}", hiber_common::random_id(32), hiber_common::random_id(32));
     let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io_err)?;
     file.write_all(format!("{token}\n").as_bytes()).and_then(|_| file.sync_all()).map_err(io_err)?;
     Ok(token)

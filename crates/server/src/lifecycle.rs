@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::relay::{Relay, RelayEvent};
 use crate::sessions::{SessionError, Shared};
-use crate::store::{now_ms, SessionRecord, State};
+use hiber_common::unix_ms as now_ms;
+
+use crate::store::{SessionRecord, State};
 
 /// How often, and how many times, a closed relay's sandbox is checked for death.
 const DEATH_CHECKS: usize = 20;

@@ -191,7 +191,7 @@ impl Sessions {
             }
         }
         let mut record = SessionRecord::new(
-            format!("s{:015x}", rand::random::<u64>() & 0x0fff_ffff_ffff_ffff),
+            format!("s{}", hiber_common::random_id(15)),
             req.image.clone(),
             req.snapshot.clone(),
             req.command.clone(),

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -112,15 +111,10 @@ impl SessionRecord {
             cursor: 0,
             wake_at: None,
             error: None,
-            created: now_ms(),
+            created: hiber_common::unix_ms(),
             updated: 0,
         }
     }
-}
-
-/// Now, in unix milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The registry.
@@ -152,7 +146,7 @@ impl SessionStore {
 
     /// Writes `record` (insert or replace), stamping `updated`, durably.
     pub fn put(&self, record: &mut SessionRecord) -> Result<(), StoreError> {
-        record.updated = now_ms();
+        record.updated = hiber_common::unix_ms();
         let json = serde_json::to_string(record)?;
         self.conn().execute(
             "INSERT INTO sessions (id, state, created, record) VALUES (?1, ?2, ?3, ?4)

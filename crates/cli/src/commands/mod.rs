@@ -65,10 +65,5 @@ fn process_spec(args: &ProcessArgs, argv: Vec<String>) -> Result<ProcessSpec> {
 
 /// A fresh exec id.
 fn exec_id() -> String {
-    format!("exec-{:016x}", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
+    format!("exec-{}", hiber_common::random_id(16))
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::manifest::{FileSum, Manifest, FORMAT_VERSION};
-use crate::state::{read_json, write_json_atomic};
+use hiber_common::fs::{read_json, write_json_atomic};
+use hiber_common::lock::Mode;
 
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.json";
@@ -122,7 +123,7 @@ pub struct Leftover {
 }
 
 fn try_lock(path: &Path, wait: bool) -> io::Result<Option<File>> {
-    crate::lock::lock(path, if wait { crate::lock::Mode::Exclusive } else { crate::lock::Mode::TryExclusive })
+    hiber_common::lock::lock(path, if wait { Mode::Exclusive } else { Mode::TryExclusive })
 }
 
 /// blake3 of a file, streaming.
@@ -262,7 +263,7 @@ impl SnapshotStore {
                 return Err(StoreError::NameTaken(name.into()));
             }
         }
-        let id = format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
+        let id = hiber_common::random_id(12);
         let dir = self.root.join(format!("{STAGING}{id}"));
         fs::create_dir_all(dir.join("criu")).map_err(io_err(&dir))?;
         let lock = try_lock(&dir.join(LOCK), true).map_err(io_err(&dir))?.expect("blocking lock");
