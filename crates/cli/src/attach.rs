@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use hiber_proto::{Frame, FrameError, ProcessSpec, Reply, Request, TtySize};
-use hiber_sandbox::client::ClientError;
-use hiber_sandbox::{InitConnection, SandboxError};
+use hiber_sandbox::{Backend, ClientError, InitConnection, SandboxError};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, Termios};
 
@@ -52,21 +51,17 @@ fn terminal_size() -> Option<TtySize> {
     None
 }
 
-/// Runs `process` under exec id `id` through `conn` with the caller's
-/// stdio attached; returns the process's exit code.
-pub fn exec(
-    mut conn: InitConnection,
-    reconnect: &dyn Fn() -> Result<InitConnection, SandboxError>,
-    init_pid: i32,
-    id: &str,
-    process: ProcessSpec,
-    stdin: bool,
-) -> Result<i32> {
+/// Runs `process` under exec id `id` in `sandbox` with the caller's stdio attached; returns the
+/// process's exit code. Every connection, signals' too, goes through `backend`.
+pub fn exec(backend: Arc<dyn Backend>, sandbox: &str, id: &str, process: ProcessSpec, stdin: bool) -> Result<i32> {
     let tty = process.tty;
     let size = if tty { terminal_size() } else { None };
     let request = Request::Exec { id: id.into(), process, stdin, size };
+    let reconnect = || backend.connect(sandbox);
+    let mut conn = reconnect()?;
     conn.request(&request)?;
     let writer = Arc::new(Mutex::new(conn.try_clone().context("cloning the connection")?));
+    let target = Arc::new(Target { backend: backend.clone(), sandbox: sandbox.into(), id: id.into() });
 
     // Signals go to one thread, which forwards them; block them everywhere else.
     let mut signals = SigSet::empty();
@@ -75,8 +70,8 @@ pub fn exec(
     }
     signals.thread_block().context("blocking signals")?;
     {
-        let (writer, id) = (writer.clone(), id.to_string());
-        std::thread::spawn(move || forward_signals(signals, writer, init_pid, &id, tty));
+        let (writer, target) = (writer.clone(), target.clone());
+        std::thread::spawn(move || forward_signals(signals, writer, &target, tty));
     }
     let _raw = if tty { RawMode::enter() } else { None };
     if stdin {
@@ -106,7 +101,7 @@ pub fn exec(
                 // the host): once the sandbox answers again, re-attach by the
                 // same id; the output kept meanwhile comes first, and the
                 // command does not run twice.
-                conn = reattach(reconnect, &request)?;
+                conn = reattach(&reconnect, &request)?;
                 *writer.lock().map_err(|_| anyhow::anyhow!("a relay thread panicked"))? = conn.try_clone()?;
                 conn.set_timeout(Some(FIRST_REPLY))?;
             }
@@ -116,7 +111,7 @@ pub fn exec(
                         return Err(e.into());
                     }
                     out_closed = true;
-                    let _ = send_signal(init_pid, id, Signal::SIGPIPE);
+                    let _ = target.signal(Signal::SIGPIPE);
                 }
             }
             Some(Frame::Stderr(bytes)) => {
@@ -180,7 +175,7 @@ fn pump_stdin(writer: Arc<Mutex<InitConnection>>) {
     }
 }
 
-fn forward_signals(signals: SigSet, writer: Arc<Mutex<InitConnection>>, init_pid: i32, id: &str, tty: bool) {
+fn forward_signals(signals: SigSet, writer: Arc<Mutex<InitConnection>>, target: &Target, tty: bool) {
     while let Ok(signal) = signals.wait() {
         if signal == Signal::SIGWINCH {
             if let (true, Some(size)) = (tty, terminal_size()) {
@@ -188,16 +183,25 @@ fn forward_signals(signals: SigSet, writer: Arc<Mutex<InitConnection>>, init_pid
             }
             continue;
         }
-        if send_signal(init_pid, id, signal).is_err() {
+        if target.signal(signal).is_err() {
             // The sandbox is gone; nothing is left to wait for.
             std::process::exit(128 + signal as i32);
         }
     }
 }
 
-/// Sends `signal` to the process of exec `id` over a connection of its own.
-fn send_signal(init_pid: i32, id: &str, signal: Signal) -> Result<(), ClientError> {
-    let mut conn = InitConnection::open(init_pid)?;
-    conn.request(&Request::Signal { id: id.into(), signal: signal as i32 })?;
-    conn.next_reply(|_| {}).map(drop)
+/// The process of exec `id` in `sandbox`, for signals.
+struct Target {
+    backend: Arc<dyn Backend>,
+    sandbox: String,
+    id: String,
+}
+
+impl Target {
+    /// Sends `signal` to the process over a connection of its own.
+    fn signal(&self, signal: Signal) -> Result<(), SandboxError> {
+        let mut conn = self.backend.connect(&self.sandbox)?;
+        conn.request(&Request::Signal { id: self.id.clone(), signal: signal as i32 })?;
+        Ok(conn.next_reply(|_| {}).map(drop)?)
+    }
 }

@@ -264,8 +264,8 @@ fn rm_leaves_no_process_mount_cgroup_or_file() {
     let home = Home::new();
     home.busybox();
     let id = home.detached(&["busybox", "sh", "-c", "sleep 1000 & sleep 1000"]);
-    let info = home.sandbox(&id);
-    let (init, shim) = (info["init_pid"].as_i64().unwrap(), info["shim_pid"].as_i64().unwrap());
+    let host = home.host(&id);
+    let (init, shim) = (i64::from(host.init_pid), i64::from(host.shim_pid));
     assert!(alive(init) && alive(shim));
     assert_eq!(mounts_below(home.path()).len(), 1, "one overlay mount while it runs");
     let cgroups: Vec<String> =

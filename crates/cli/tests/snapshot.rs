@@ -63,11 +63,14 @@ fn shell_counter_continues_without_reset_or_gap() {
     let id = home.detached(&["busybox", "sh", "-c", COUNTER]);
     assert!(eventually(Duration::from_secs(5), || count(&home, &id) > 5));
     home.ok(&["exec", &id, "sh", "-c", "echo kept > /root/file"]);
-    let init = home.sandbox(&id)["init_pid"].as_i64().unwrap();
+    let init = i64::from(home.host(&id).init_pid);
     let snap = home.ok(&["snapshot", &id]).trim().to_string();
     assert_eq!(snap.len(), 12, "the snapshot id alone: {snap:?}");
     let before: u64 = std::fs::read_to_string(
-        home.path().join("layers").join(home.snapshots()[0]["layers"][0].as_str().unwrap()).join("tmp/count"),
+        home.path()
+            .join("layers")
+            .join(home.snapshots()[0]["backend"]["layers"][0].as_str().unwrap())
+            .join("tmp/count"),
     )
     .unwrap()
     .trim()
@@ -277,14 +280,14 @@ fn corrupt_foreign_and_incomplete_snapshots_start_nothing() {
     // A manifest from the future, and a garbled one.
     let manifest_path = dir.join("manifest.json");
     let manifest = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, manifest.replace("\"format_version\": 1", "\"format_version\": 7")).unwrap();
+    std::fs::write(&manifest_path, manifest.replace("\"format_version\": 2", "\"format_version\": 7")).unwrap();
     expect_refusal("future format", "format version 7");
     std::fs::write(&manifest_path, &manifest[..manifest.len() / 3]).unwrap();
     expect_refusal("garbled manifest", "corrupt");
     std::fs::write(&manifest_path, &manifest).unwrap();
     // A missing layer.
     let value: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    let layer = home.path().join("layers").join(value["layers"][0].as_str().unwrap());
+    let layer = home.path().join("layers").join(value["backend"]["layers"][0].as_str().unwrap());
     let aside = home.path().join("aside");
     std::fs::rename(&layer, &aside).unwrap();
     expect_refusal("missing layer", "missing");

@@ -1,8 +1,10 @@
-//! The host's side of a connection to a sandbox's hiber-init.
+//! The host's side of a connection to a sandbox's hiber-init, over any byte stream a backend
+//! provides ([`Channel`]: a Unix socket for containers, a vsock for a microVM).
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use hiber_proto::{read_frame, write_frame, Frame, FrameError, ProcessSpec, Reply, Request, INIT_SOCKET};
 
@@ -28,9 +30,31 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+/// A byte stream to a sandbox's init.
+pub trait Channel: Read + Write + Send {
+    /// Another handle on the same stream (e.g. for a writer thread).
+    fn try_clone_channel(&self) -> io::Result<Box<dyn Channel>>;
+    /// Closes the sending half (the peer sees end of stream).
+    fn shutdown_write(&self) -> io::Result<()>;
+    /// Bounds how long a read waits (`None`: forever).
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()>;
+}
+
+impl Channel for UnixStream {
+    fn try_clone_channel(&self) -> io::Result<Box<dyn Channel>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+    fn set_read_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, limit)
+    }
+}
+
 /// One connection to hiber-init, carrying one request.
 pub struct InitConnection {
-    stream: UnixStream,
+    stream: Box<dyn Channel>,
 }
 
 /// What a command run to completion produced.
@@ -45,18 +69,21 @@ pub struct Output {
 }
 
 impl InitConnection {
+    /// A connection over `stream`, whose other end is a sandbox's init.
+    pub fn new(stream: impl Channel + 'static) -> InitConnection {
+        InitConnection { stream: Box::new(stream) }
+    }
+
     /// Connects to the hiber-init whose host pid is `init_pid`, through its
     /// root as seen in `/proc` (short, and valid in any mount namespace).
-    pub fn open(init_pid: i32) -> Result<InitConnection, ClientError> {
+    pub(crate) fn open_by_pid(init_pid: i32) -> Result<InitConnection, ClientError> {
         let path = PathBuf::from(format!("/proc/{init_pid}/root{INIT_SOCKET}"));
-        UnixStream::connect(&path)
-            .map(|stream| InitConnection { stream })
-            .map_err(|source| ClientError::Connect { path, source })
+        UnixStream::connect(&path).map(InitConnection::new).map_err(|source| ClientError::Connect { path, source })
     }
 
     /// Another handle on the same connection (e.g. for a writer thread).
     pub fn try_clone(&self) -> io::Result<InitConnection> {
-        Ok(InitConnection { stream: self.stream.try_clone()? })
+        Ok(InitConnection { stream: self.stream.try_clone_channel()? })
     }
 
     /// Sends the connection's request.
@@ -76,17 +103,17 @@ impl InitConnection {
 
     /// Closes the sending half (hiber-init sees end of stream).
     pub fn shutdown_write(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.stream.shutdown_write();
     }
 
     /// Bounds how long a receive waits (`None`: forever).
-    pub fn set_timeout(&self, limit: Option<std::time::Duration>) -> io::Result<()> {
+    pub fn set_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
         self.stream.set_read_timeout(limit)
     }
 
     /// Waits (up to `limit`) until hiber-init has closed its end, discarding
     /// anything still sent.
-    pub fn wait_closed(&mut self, limit: std::time::Duration) {
+    pub fn wait_closed(&mut self, limit: Duration) {
         let _ = self.stream.set_read_timeout(Some(limit));
         while let Ok(Some(_)) = self.recv() {}
     }
@@ -114,18 +141,17 @@ impl InitConnection {
     }
 
     /// Asks hiber-init for its version.
-    pub fn ping(init_pid: i32) -> Result<String, ClientError> {
-        let mut conn = InitConnection::open(init_pid)?;
-        conn.request(&Request::Ping)?;
-        match conn.next_reply(|_| {})? {
+    pub fn ping(mut self) -> Result<String, ClientError> {
+        self.request(&Request::Ping)?;
+        match self.next_reply(|_| {})? {
             Reply::Pong { version } => Ok(version),
             other => Err(ClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// Runs `process` to completion without stdin and collects its output.
-    pub fn run(init_pid: i32, id: &str, process: ProcessSpec) -> Result<Output, ClientError> {
-        let mut conn = InitConnection::open(init_pid)?;
+    pub fn run(mut self, id: &str, process: ProcessSpec) -> Result<Output, ClientError> {
+        let conn = &mut self;
         conn.request(&Request::Exec { id: id.into(), process, stdin: false, size: None })?;
         let mut out = Output::default();
         loop {

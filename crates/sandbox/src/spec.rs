@@ -1,7 +1,5 @@
 //! What a sandbox is made of: its image layers, limits and main process.
 
-use std::path::PathBuf;
-
 use hiber_proto::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
@@ -90,10 +88,8 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
 pub struct SandboxSpec {
     /// Unique name (also the hostname); the id is used when absent.
     pub name: Option<String>,
-    /// The image's name, for display.
+    /// The image to start from, by name (`hiber images`).
     pub image: String,
-    /// The image's read-only layers, top-most first.
-    pub lowers: Vec<PathBuf>,
     /// Resource limits.
     pub limits: Limits,
     /// The main process, started at boot with its output in the log;

@@ -16,7 +16,9 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
+use hiber_sandbox::Backend;
 use tokio::net::TcpListener;
 
 pub use sessions::{CreateSession, SessionView, Sessions};
@@ -49,12 +51,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens everything under `home`, resumes saved sessions and binds
-    /// `listen` (port 0 picks a free one). Must run inside a tokio runtime.
-    pub async fn bind(home: &Path, listen: SocketAddr) -> Result<Server, ServerError> {
+    /// Opens everything under `home`, resumes saved sessions on `backend` and binds `listen`
+    /// (port 0 picks a free one). Must run inside a tokio runtime.
+    pub async fn bind(home: &Path, listen: SocketAddr, backend: Arc<dyn Backend>) -> Result<Server, ServerError> {
         std::fs::create_dir_all(home)?;
         let token = auth::load_or_create(home)?;
-        let sessions = Sessions::open(home)?;
+        let sessions = Sessions::open(home, backend)?;
         let listener = TcpListener::bind(listen).await?;
         Ok(Server { listener, router: api::router(sessions, token) })
     }

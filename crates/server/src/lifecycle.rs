@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hiber_context::{Entry, Kind, NewEntry};
-use hiber_sandbox::{Backend, SnapshotOptions, Status};
+use hiber_sandbox::{SnapshotOptions, Status};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -194,11 +194,10 @@ impl Task {
         self.pending_next = None;
         self.pending_sleep = None;
         let (generation, events) = (self.generation, self.events_tx.clone());
-        let opened = self
-            .shared
-            .blocking(move |b| Ok(b.find(&sandbox)?.record.init_pid))
-            .await
-            .and_then(|pid| Relay::open(pid, generation, events).map_err(|e| SessionError::Invalid(e.to_string())));
+        let opened =
+            self.shared.blocking(move |b| b.connect(&sandbox)).await.and_then(|conn| {
+                Relay::open(conn, generation, events).map_err(|e| SessionError::Invalid(e.to_string()))
+            });
         match opened {
             Ok(relay) => self.relay = Some(relay),
             Err(e) => eprintln!("hiber serve: session {}: {e}", self.record.id),
@@ -389,7 +388,7 @@ impl Task {
         self.pending_next = None;
         self.pending_sleep = None;
         let started = Instant::now();
-        let options = SnapshotOptions { name: None, leave_running: false, context_seq: Some(self.record.cursor) };
+        let options = SnapshotOptions { name: None, leave_running: false };
         match self.shared.blocking(move |b| b.snapshot(&sandbox, &options)).await {
             Ok(manifest) => {
                 self.shared.metrics.snapshot.observe(started.elapsed());
@@ -440,7 +439,7 @@ impl Task {
         match self.shared.blocking(move |b| b.restore(&snapshot, None)).await {
             Ok(info) => {
                 self.shared.metrics.restore.observe(started.elapsed());
-                self.record.sandbox = Some(info.record.id);
+                self.record.sandbox = Some(info.id);
                 let state = if self.record.state == State::Sleeping { State::Sleeping } else { State::Running };
                 self.save(state);
                 self.attach().await;
@@ -472,7 +471,7 @@ impl Task {
         let record = self.record.clone();
         match self.shared.fresh_sandbox(&record).await {
             Ok(info) => {
-                self.record.sandbox = Some(info.record.id);
+                self.record.sandbox = Some(info.id);
                 self.save(State::Running);
                 self.attach().await;
             }

@@ -10,8 +10,7 @@
 use std::sync::mpsc;
 
 use hiber_proto::{Answer, Frame, Reply, Request};
-use hiber_sandbox::client::ClientError;
-use hiber_sandbox::InitConnection;
+use hiber_sandbox::{ClientError, InitConnection};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -49,14 +48,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Connects to the hiber-init with host pid `init_pid`, asks it to
-    /// serve, and reports events tagged with `generation` on `events`.
+    /// Asks the hiber-init at the other end of `conn` to serve, and reports events tagged with
+    /// `generation` on `events`.
     pub fn open(
-        init_pid: i32,
+        mut conn: InitConnection,
         generation: u64,
         events: UnboundedSender<(u64, RelayEvent)>,
     ) -> Result<Relay, RelayError> {
-        let mut conn = InitConnection::open(init_pid)?;
         conn.request(&Request::Serve)?;
         let mut writer = conn.try_clone()?;
         let (answers, queue) = mpsc::channel::<Answer>();

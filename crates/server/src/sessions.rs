@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hiber_context::{Entry, Kind, LogStore, NewEntry};
-use hiber_image::ImageStore;
 use hiber_proto::ProcessSpec;
-use hiber_sandbox::{Backend, ContainerBackend, SandboxError, SandboxInfo, SandboxSpec};
+use hiber_sandbox::{Backend, SandboxError, SandboxInfo, SandboxSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -87,7 +86,7 @@ pub struct Shared {
     /// The context logs.
     pub log: Arc<dyn LogStore>,
     /// The sandboxes.
-    pub backend: Arc<ContainerBackend>,
+    pub backend: Arc<dyn Backend>,
     /// Counters.
     pub metrics: Metrics,
     tasks: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
@@ -97,10 +96,10 @@ impl Shared {
     /// Runs blocking backend work off the runtime.
     pub async fn blocking<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&ContainerBackend) -> Result<T, SandboxError> + Send + 'static,
+        work: impl FnOnce(&dyn Backend) -> Result<T, SandboxError> + Send + 'static,
     ) -> Result<T, SessionError> {
         let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || work(&backend))
+        tokio::task::spawn_blocking(move || work(&*backend))
             .await
             .map_err(|e| SessionError::Stopped(e.to_string()))?
             .map_err(SessionError::from)
@@ -110,18 +109,18 @@ impl Shared {
     pub async fn fresh_sandbox(&self, record: &SessionRecord) -> Result<SandboxInfo, SessionError> {
         let image_name =
             record.image.clone().ok_or_else(|| SessionError::Invalid("the session has no image".into()))?;
-        let images = ImageStore::open(&self.home).map_err(|e| SessionError::Invalid(e.to_string()))?;
-        let image = images.get(&image_name).map_err(|e| SessionError::Invalid(e.to_string()))?;
         let mut env: Vec<String> = record.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("HIBER_SESSION={}", record.id));
         let spec = SandboxSpec {
             name: None,
-            image: image.name.clone(),
-            lowers: images.lower_dirs(&image),
+            image: image_name,
             limits: Default::default(),
             main: Some(ProcessSpec { env, ..ProcessSpec::command(record.command.clone()) }),
         };
-        self.blocking(move |b| b.create(spec)).await
+        self.blocking(move |b| b.create(spec)).await.map_err(|e| match e {
+            SessionError::Sandbox(e @ SandboxError::Image(_)) => SessionError::Invalid(e.to_string()),
+            e => e,
+        })
     }
 
     /// Forgets a session's task (it ended).
@@ -138,11 +137,10 @@ pub struct Sessions {
 
 impl Sessions {
     /// Opens the registry and context log under `home` and resumes every
-    /// saved session (must run inside a tokio runtime).
-    pub fn open(home: &Path) -> Result<Sessions, crate::ServerError> {
+    /// saved session on `backend` (must run inside a tokio runtime).
+    pub fn open(home: &Path, backend: Arc<dyn Backend>) -> Result<Sessions, crate::ServerError> {
         let store = SessionStore::open(&home.join("sessions.db"))?;
         let log: Arc<dyn LogStore> = Arc::new(hiber_context::SqliteLog::open(home.join("context.db"))?);
-        let backend = Arc::new(ContainerBackend::open(home)?);
         let shared = Arc::new(Shared {
             home: home.to_owned(),
             store,
@@ -207,13 +205,11 @@ impl Sessions {
                 self.shared.fresh_sandbox(&record).await
             }
             (None, Some(snapshot)) => {
-                let manifest = self
-                    .shared
-                    .backend
-                    .snapshot_list()
-                    .into_iter()
-                    .find(|m| &m.id == snapshot || m.name.as_ref() == Some(snapshot))
-                    .ok_or_else(|| SessionError::Invalid(format!("no snapshot '{snapshot}'")))?;
+                let key = snapshot.clone();
+                let manifest = self.shared.blocking(move |b| b.find_snapshot(&key)).await.map_err(|e| match e {
+                    SessionError::Sandbox(SandboxError::Snapshot(e)) => SessionError::Invalid(e.to_string()),
+                    e => e,
+                })?;
                 record.image = Some(manifest.image.clone());
                 if record.command.is_empty() {
                     record.command = manifest.main.as_ref().map(|m| m.argv.clone()).unwrap_or_default();
@@ -231,7 +227,7 @@ impl Sessions {
                 return Err(e);
             }
         };
-        record.sandbox = Some(info.record.id);
+        record.sandbox = Some(info.id);
         self.shared.store.put(&mut record)?;
         self.spawn(record.clone());
         Ok(SessionView { record, last_seq: 0 })

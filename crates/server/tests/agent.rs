@@ -57,13 +57,7 @@ fn counter_agent_keeps_counting_across_suspended_turns() {
         // Between turns: suspended, a snapshot exists, no process runs.
         let shown = server.wait_state(&id, "suspended", Duration::from_secs(30));
         let snapshot = shown["snapshot"].as_str().unwrap().to_string();
-        let manifest = server.backend().snapshot_list().into_iter().find(|m| m.id == snapshot);
-        let manifest = manifest.unwrap_or_else(|| panic!("snapshot {snapshot} exists"));
-        assert_eq!(
-            Some(manifest.context_seq.unwrap()),
-            shown["cursor"].as_u64(),
-            "the snapshot records the log position"
-        );
+        assert!(server.backend().find_snapshot(&snapshot).is_ok(), "snapshot {snapshot} exists");
         assert!(nothing_runs(&server), "a sandbox still runs between turns");
         assert_eq!(shown["cursor"], json!(2 * turn - 1));
         assert_eq!(shown["snapshot_cursor"], shown["cursor"]);
@@ -84,7 +78,7 @@ fn counter_agent_keeps_counting_across_suspended_turns() {
     assert!(text.contains("hiber_appends_total 6"), "{text}");
     // Deleting removes the snapshot too.
     assert_eq!(server.call("DELETE", &format!("/v1/sessions/{id}"), None).status, 204);
-    assert!(server.backend().snapshot_list().is_empty());
+    assert!(server.backend().snapshots().unwrap().is_empty());
 }
 
 #[test]
@@ -125,7 +119,7 @@ fn killed_sandbox_recovers_from_its_last_snapshot() {
     server.turn(&id, json!("m2"));
     // Kill -9 every process of the sandbox while it runs (the agent is between turns).
     let sandbox = server.session(&id)["sandbox"].as_str().unwrap().to_string();
-    let init_pid = server.backend().find(&sandbox).unwrap().record.init_pid;
+    let init_pid = server.backend().host_view(&sandbox).unwrap().init_pid;
     assert!(init_pid > 0);
     // SAFETY: kill(2) on a pid we just read; no memory is involved.
     assert_eq!(unsafe { libc::kill(init_pid, libc::SIGKILL) }, 0);

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::Result;
-use hiber_sandbox::Backend;
 
 use super::{backend, exec_id, process_spec};
 use crate::attach;
@@ -12,8 +11,6 @@ use crate::cli::ExecArgs;
 pub fn exec(home: &Path, args: ExecArgs) -> Result<i32> {
     let process = process_spec(&args.process, args.command)?;
     let backend = backend(home)?;
-    let info = backend.find(&args.sandbox)?;
-    let conn = backend.connect(&info.record.id)?;
-    let reconnect = || backend.connect(&info.record.id);
-    attach::exec(conn, &reconnect, info.record.init_pid, &exec_id(), process, args.process.interactive)
+    let id = backend.find(&args.sandbox)?.id;
+    attach::exec(backend, &id, &exec_id(), process, args.process.interactive)
 }

@@ -4,7 +4,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hiber_sandbox::Backend;
 
 use super::backend;
 use crate::cli::{RmArgs, StopArgs};

@@ -13,10 +13,11 @@ mod session;
 mod snapshot;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use hiber_proto::ProcessSpec;
-use hiber_sandbox::ContainerBackend;
+use hiber_sandbox::{Backend, ContainerBackend};
 
 use crate::cli::{Cli, Command, ProcessArgs};
 
@@ -43,9 +44,9 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
-/// Opens the container backend on `home`.
-fn backend(home: &Path) -> Result<ContainerBackend> {
-    Ok(ContainerBackend::open(home)?)
+/// Opens the sandbox backend on `home`: the one place that names it.
+fn backend(home: &Path) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(ContainerBackend::open(home)?))
 }
 
 /// Builds the process to start from the shared flags.

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use hiber_sandbox::{Backend, SandboxInfo, Status};
+use hiber_sandbox::{SandboxInfo, Status};
 
 use super::backend;
 use crate::format;
@@ -20,7 +20,7 @@ pub fn ps(home: &Path, json: bool) -> Result<i32> {
 }
 
 fn row(info: &SandboxInfo) -> Vec<String> {
-    let r = &info.record;
+    let r = info;
     let status = match &info.status {
         Status::Running => "running".to_string(),
         Status::Suspended { snapshot } => format!("suspended ({snapshot})"),

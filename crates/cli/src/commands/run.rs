@@ -3,16 +3,13 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use hiber_image::ImageStore;
-use hiber_sandbox::{Backend, Limits, SandboxSpec};
+use hiber_sandbox::{Limits, SandboxSpec};
 
 use super::{backend, exec_id, process_spec};
 use crate::attach;
 use crate::cli::RunArgs;
 
 pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
-    let images = ImageStore::open(home)?;
-    let image = images.get(&args.image)?;
     let limits = Limits {
         memory_bytes: args.memory.as_deref().map(Limits::parse_memory).transpose()?,
         cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
@@ -24,24 +21,14 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
         bail!("-d cannot be combined with -i or -t: use `hiber exec -it` to get a shell in a detached sandbox");
     }
     let backend = backend(home)?;
-    let spec = SandboxSpec {
-        name: args.name,
-        image: image.name.clone(),
-        lowers: images.lower_dirs(&image),
-        limits,
-        main: args.detach.then(|| process.clone()),
-    };
-    let info = backend.create(spec)?;
-    let id = info.record.id;
+    let spec = SandboxSpec { name: args.name, image: args.image, limits, main: args.detach.then(|| process.clone()) };
+    let id = backend.create(spec)?.id;
     if args.detach {
         outln!("{id}")?;
         return Ok(0);
     }
     // Attached: like `docker run --rm`.
-    let reconnect = || backend.connect(&id);
-    let result = reconnect().map_err(anyhow::Error::from).and_then(|conn| {
-        attach::exec(conn, &reconnect, info.record.init_pid, &exec_id(), process, args.process.interactive)
-    });
+    let result = attach::exec(backend.clone(), &id, &exec_id(), process, args.process.interactive);
     let removed = backend.remove(&id, true);
     let code = result?;
     removed?;

@@ -11,10 +11,12 @@ use crate::cli::ServeArgs;
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub fn serve(home: &Path, args: ServeArgs) -> Result<i32> {
+    let backend = super::backend(home)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let server =
-            Server::bind(home, args.listen).await.with_context(|| format!("cannot serve on {}", args.listen))?;
+        let server = Server::bind(home, args.listen, backend)
+            .await
+            .with_context(|| format!("cannot serve on {}", args.listen))?;
         eprintln!(
             "hiber serve: listening on http://{} (token in {})",
             server.local_addr()?,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use hiber_sandbox::{Backend, Manifest, SnapshotOptions};
+use hiber_sandbox::{Manifest, SnapshotOptions};
 
 use super::backend;
 use crate::cli::{ForkArgs, RestoreArgs, SnapshotArgs, SnapshotCommand};
@@ -19,14 +19,14 @@ pub fn snapshot(home: &Path, args: SnapshotArgs) -> Result<i32> {
         return Ok(0);
     }
     let sandbox = args.sandbox.expect("clap requires the sandbox");
-    let options = SnapshotOptions { name: args.name, leave_running: args.leave_running, context_seq: None };
+    let options = SnapshotOptions { name: args.name, leave_running: args.leave_running };
     let manifest = backend.snapshot(&sandbox, &options)?;
     outln!("{}", manifest.id)?;
     Ok(0)
 }
 
 pub fn list(home: &Path, json: bool) -> Result<i32> {
-    let snapshots = backend(home)?.snapshot_list();
+    let snapshots = backend(home)?.snapshots()?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&snapshots)?)?;
         return Ok(0);
@@ -50,7 +50,7 @@ fn row(m: &Manifest) -> Vec<String> {
 
 pub fn restore(home: &Path, args: RestoreArgs) -> Result<i32> {
     let info = backend(home)?.restore(&args.snapshot, args.name.as_deref())?;
-    outln!("{}", info.record.id)?;
+    outln!("{}", info.id)?;
     Ok(0)
 }
 
@@ -63,7 +63,7 @@ pub fn fork(home: &Path, args: ForkArgs) -> Result<i32> {
     let mut first_error = None;
     for result in results {
         match result {
-            Ok(info) => outln!("{}", info.record.id)?,
+            Ok(info) => outln!("{}", info.id)?,
             Err(e) => first_error = first_error.or(Some(e)),
         }
     }

@@ -10,16 +10,15 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use hiber_sandbox::criu::{failure, Criu};
-use hiber_sandbox::runtime::Runtime;
-use hiber_sandbox::{Backend, ContainerBackend, SandboxSpec};
+use hiber_sandbox::{Backend, ContainerBackend, Criu, HostView, SandboxSpec};
 
-use super::{ask_counter, fsync_tree, PeerTimes, Workload, SETTLE};
+use super::{ask_counter_of, fsync_tree, PeerTimes, Workload, SETTLE};
 
 /// The flags of both calls, as PLATFORM.md's working cycle has them.
 const FLAGS: [&str; 3] = ["--tcp-established", "--file-locks", "--link-remap"];
 
-/// Checkpoints and restores `workload` with plain CRIU `rounds` times; `spec` creates a sandbox
+/// Checkpoints and restores `workload` with plain CRIU `rounds` times, on sandboxes of the
+/// container backend on `home` (the peer works on the container itself); `spec` creates a sandbox
 /// whose main process is the workload. Work files go under `work` (removed after each round
 /// that succeeds; a failed round leaves its CRIU logs there).
 ///
@@ -27,22 +26,15 @@ const FLAGS: [&str; 3] = ["--tcp-established", "--file-locks", "--link-remap"];
 /// -D DIR` (which kills the tree) plus an fsync of DIR, measure DIR's size, time `criu restore
 /// -D DIR -d --root ROOTFS --pidfile PIDFILE` and, for a serving workload, the time until it
 /// answers with the next counter value; then kill the restored tree and remove the sandbox.
-pub fn criu_cli(
-    backend: &ContainerBackend,
-    home: &Path,
-    spec: &SandboxSpec,
-    workload: Workload,
-    rounds: usize,
-    work: &Path,
-) -> Result<PeerTimes> {
+pub fn criu_cli(home: &Path, spec: &SandboxSpec, workload: Workload, rounds: usize, work: &Path) -> Result<PeerTimes> {
     let criu = Criu::locate()?;
-    let runtime = Runtime::open(&home.join("sandboxes"))?;
+    let backend = ContainerBackend::open(home)?;
     // The restored tree is CRIU's child; when `criu restore -d` exits, it becomes ours, so it is
     // neither adopted by the machine's slow PID 1 nor left a zombie.
     let _subreaper = Subreaper::become_one()?;
     super::measure_rounds("CRIU CLI", workload, rounds, || {
-        let mut round = Round::start(backend, spec, work)?;
-        let times = round.measure(&criu, &runtime, workload)?;
+        let mut round = Round::start(&backend, spec, work)?;
+        let times = round.measure(&criu, workload)?;
         round.finish()?;
         Ok(times)
     })
@@ -54,7 +46,8 @@ struct Round<'a> {
     sandbox: String,
     /// Whether the sandbox still has to be removed.
     created: bool,
-    init_pid: i32,
+    /// The sandbox's init and mounted root.
+    host: HostView,
     /// This round's CRIU images, logs and pidfile.
     dir: PathBuf,
     /// The restored tree's root, once there is one.
@@ -65,13 +58,13 @@ struct Round<'a> {
 impl<'a> Round<'a> {
     fn start(backend: &'a ContainerBackend, spec: &SandboxSpec, work: &Path) -> Result<Round<'a>> {
         let info = backend.create(spec.clone()).context("creating the sandbox")?;
-        let id = info.record.id;
+        let id = info.id;
         let round = Round {
             backend,
             dir: work.join(format!("criu-{id}")),
+            host: backend.host_view(&id)?,
             sandbox: id,
             created: true,
-            init_pid: info.record.init_pid,
             restored: None,
             succeeded: false,
         };
@@ -79,24 +72,24 @@ impl<'a> Round<'a> {
         Ok(round)
     }
 
-    fn measure(&mut self, criu: &Criu, runtime: &Runtime, workload: Workload) -> Result<PeerTimes> {
+    fn measure(&mut self, criu: &Criu, workload: Workload) -> Result<PeerTimes> {
         let (images, pidfile) = (self.dir.join("images"), self.dir.join("restore.pid"));
-        let before = workload.counter_port().map(|port| ask_counter(self.init_pid, port)).transpose()?;
+        let before = workload.counter_port().map(|port| ask_counter_of(self.host.init_pid, port)).transpose()?;
         thread::sleep(SETTLE);
 
         let started = Instant::now();
         let mut dump = Command::new(&criu.path);
-        dump.args(["dump", "-t", &self.init_pid.to_string(), "-D"]).arg(&images).args(FLAGS);
+        dump.args(["dump", "-t", &self.host.init_pid.to_string(), "-D"]).arg(&images).args(FLAGS);
         run(dump, "dump", &self.dir.join("dump.log"))?;
         let checkpoint_command_s = started.elapsed().as_secs_f64();
         let size_bytes = fsync_tree(&images)?;
         File::open(&self.dir)?.sync_all()?;
         let snapshot_s = started.elapsed().as_secs_f64();
 
-        let rootfs = runtime.dir(&self.sandbox).rootfs();
+        let rootfs = &self.host.rootfs;
         let started = Instant::now();
         let mut restore = Command::new(&criu.path);
-        restore.args(["restore", "-D"]).arg(&images).arg("-d").arg("--root").arg(&rootfs).args(FLAGS);
+        restore.args(["restore", "-D"]).arg(&images).arg("-d").arg("--root").arg(rootfs).args(FLAGS);
         restore.arg("--pidfile").arg(&pidfile);
         run(restore, "restore", &self.dir.join("restore.log"))?;
         let restore_s = started.elapsed().as_secs_f64();
@@ -104,7 +97,7 @@ impl<'a> Round<'a> {
         self.restored = Some(pid);
         let restore_until_answer_s = match (before, workload.counter_port()) {
             (Some(before), Some(port)) => {
-                let after = ask_counter(pid, port)?;
+                let after = ask_counter_of(pid, port)?;
                 ensure!(after == before + 1, "the counter went from {before} to {after} across the restore");
                 Some(started.elapsed().as_secs_f64())
             }
@@ -155,7 +148,7 @@ fn run(mut command: Command, action: &'static str, log: &Path) -> Result<()> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(failure(action, log, &String::from_utf8_lossy(&out.stderr)).into())
+        Err(hiber_sandbox::CriuError::from_log(action, log, &String::from_utf8_lossy(&out.stderr)).into())
     }
 }
 

@@ -6,16 +6,15 @@ pub mod criu_cli;
 pub mod podman;
 
 use std::fs::{self, File};
-use std::io::Read;
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::{self, Read};
+use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use hiber_proto::ProcessSpec;
-use nix::sched::{setns, CloneFlags};
 use serde::Serialize;
 
 /// TCP port (inside the sandbox's own network namespace) on which [`Workload::Python100M`]
@@ -168,37 +167,33 @@ pub fn median(values: &[f64]) -> f64 {
     percentile(values, 0.5)
 }
 
-/// Fetches the workload's next counter value on 127.0.0.1:`port` inside the network namespace of
-/// process `pid` (the sandbox's or container's root), retrying until it answers or
+/// Fetches the workload's next counter value over connections that `dial` opens to its port
+/// (inside the sandbox's or container's network namespace), retrying until it answers or
 /// [`ANSWER_TIMEOUT`] passes.
-///
-/// Loopback is brought up first if it is down (Podman's restore of a `--network none` container
-/// leaves it down); that is one ioctl, so every peer pays the same.
-pub fn ask_counter(pid: i32, port: u16) -> Result<u64> {
-    let netns = File::open(format!("/proc/{pid}/ns/net")).context("opening the workload's netns")?;
-    // setns() moves only the calling thread, so the client gets a thread of its own.
-    thread::spawn(move || {
-        setns(&netns, CloneFlags::CLONE_NEWNET).context("entering the workload's netns")?;
-        hiber_sandbox::spawn::loopback_up().context("bringing up loopback in the workload's netns")?;
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
-        loop {
-            match read_counter(port) {
-                Ok(value) => return Ok(value),
-                Err(e) if Instant::now() > deadline => {
-                    return Err(e).context(format!("the workload did not answer on port {port}"))
-                }
-                Err(_) => thread::sleep(Duration::from_millis(1)),
+pub fn ask_counter(port: u16, dial: impl Fn() -> io::Result<TcpStream>) -> Result<u64> {
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        match dial().map_err(anyhow::Error::from).and_then(read_counter) {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e).context(format!("the workload did not answer on port {port}"))
             }
+            Err(_) => thread::sleep(Duration::from_millis(1)),
         }
-    })
-    .join()
-    .map_err(|_| anyhow!("the counter client panicked"))?
+    }
 }
 
-/// One request to the counter on 127.0.0.1:`port`.
-pub fn read_counter(port: u16) -> Result<u64> {
+/// [`ask_counter`] for the workload whose root is host process `pid`. Loopback is brought up
+/// first if it is down (Podman's restore of a `--network none` container leaves it down); that
+/// is one ioctl, so every peer pays the same.
+pub fn ask_counter_of(pid: i32, port: u16) -> Result<u64> {
+    ask_counter(port, || hiber_sandbox::dial_in_netns(pid, port))
+}
+
+/// Reads one counter value from a fresh connection to the counter.
+fn read_counter(mut stream: TcpStream) -> Result<u64> {
     let mut reply = String::new();
-    TcpStream::connect((Ipv4Addr::LOCALHOST, port))?.read_to_string(&mut reply)?;
+    stream.read_to_string(&mut reply)?;
     reply.trim().parse().with_context(|| format!("not a counter value: {reply:?}"))
 }
 

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use super::{ask_counter, fsync_tree, PeerTimes, Workload, SETTLE};
+use super::{ask_counter_of, fsync_tree, PeerTimes, Workload, SETTLE};
 
 /// Podman (`/usr/bin/podman`) with hiber's benchmark configuration, by `scripts/setup-bench.sh`.
 const PODMAN: &str = "/opt/hiber/podman/podman";
@@ -54,7 +54,7 @@ fn one_round(workload: Workload, image: &str) -> Result<PeerTimes> {
             .map_err(|lines| anyhow!("unexpected `podman inspect` output: {lines:?}"))?;
 
     let before = match workload.counter_port() {
-        Some(port) => Some(ask_counter(read_pid(&pidfile)?, port)?),
+        Some(port) => Some(ask_counter_of(read_pid(&pidfile)?, port)?),
         None => None,
     };
     thread::sleep(SETTLE);
@@ -76,7 +76,7 @@ fn one_round(workload: Workload, image: &str) -> Result<PeerTimes> {
     let restore_s = started.elapsed().as_secs_f64();
     let restore_until_answer_s = match (before, workload.counter_port()) {
         (Some(before), Some(port)) => {
-            let after = ask_counter(read_pid(&pidfile)?, port)?;
+            let after = ask_counter_of(read_pid(&pidfile)?, port)?;
             ensure!(after == before + 1, "the counter went from {before} to {after} across the restore");
             Some(started.elapsed().as_secs_f64())
         }

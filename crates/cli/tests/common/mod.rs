@@ -115,6 +115,13 @@ impl Home {
         serde_json::from_str(&self.ok(&["snapshots", "--json"])).expect("snapshots --json")
     }
 
+    /// How the host sees sandbox `id` (its pids), from the container backend itself.
+    pub fn host(&self, id: &str) -> hiber_sandbox::HostView {
+        hiber_sandbox::ContainerBackend::open(self.path())
+            .and_then(|b| b.host_view(id))
+            .expect("the sandbox's host view")
+    }
+
     /// The `ps --json` entry of sandbox `id`.
     pub fn sandbox(&self, id: &str) -> serde_json::Value {
         self.ps().into_iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("sandbox {id} not listed"))

@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hiber_sandbox::{Backend, ContainerBackend};
@@ -67,8 +68,9 @@ impl TestServer {
 
     fn boot(&mut self) {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let server =
-            runtime.block_on(Server::bind(self.home.path(), "127.0.0.1:0".parse().unwrap())).expect("server starts");
+        let server = runtime
+            .block_on(Server::bind(self.home.path(), "127.0.0.1:0".parse().unwrap(), Arc::new(self.backend())))
+            .expect("server starts");
         self.addr = server.local_addr().unwrap();
         self.token = std::fs::read_to_string(self.home.path().join("api-token")).unwrap().trim().to_string();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -207,7 +209,7 @@ impl Drop for TestServer {
         self.shutdown();
         if let Ok(backend) = ContainerBackend::open(self.path()) {
             for s in backend.list().unwrap_or_default() {
-                let _ = backend.remove(&s.record.id, true);
+                let _ = backend.remove(&s.id, true);
             }
         }
         for target in mounts_below(self.path()) {

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Instant;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use hiber_sandbox::{Backend, ContainerBackend, SandboxSpec, SnapshotOptions};
+use hiber_sandbox::{Backend, BackendState, SandboxSpec, SnapshotOptions};
 use serde::Serialize;
 
 use crate::peers::{ask_counter, disk_usage, median, Workload, SETTLE};
@@ -47,7 +47,7 @@ impl HiberTimes {
 
 /// Measures `workload` (the main process of `spec`) `rounds` times; returns the medians.
 pub fn hiber(
-    backend: &ContainerBackend,
+    backend: &dyn Backend,
     home: &Path,
     spec: &SandboxSpec,
     workload: Workload,
@@ -66,16 +66,19 @@ pub fn hiber(
 /// Create → snapshot → restore → fork of [`FORKS`], timed; everything is removed afterwards.
 fn one_round(home: &Path, spec: &SandboxSpec, workload: Workload, mut cleanup: Cleanup) -> Result<HiberTimes> {
     let backend = cleanup.backend;
-    let info = backend.create(spec.clone()).context("creating the sandbox")?;
-    cleanup.add(info.record.id.clone());
-    let before = workload.counter_port().map(|port| ask_counter(info.record.init_pid, port)).transpose()?;
+    let id = backend.create(spec.clone()).context("creating the sandbox")?.id;
+    cleanup.add(id.clone());
+    let before = workload.counter_port().map(|port| ask_counter(port, || dial(backend, &id, port))).transpose()?;
     thread::sleep(SETTLE);
 
     let started = Instant::now();
-    let manifest = backend.snapshot(&info.record.id, &SnapshotOptions::default()).context("snapshot")?;
+    let manifest = backend.snapshot(&id, &SnapshotOptions::default()).context("snapshot")?;
     let snapshot_s = started.elapsed().as_secs_f64();
     cleanup.snapshot = Some(manifest.id.clone());
-    let layer = manifest.layers.first().ok_or_else(|| anyhow!("snapshot {} has no layer", manifest.id))?;
+    let BackendState::Container { layers, .. } = &manifest.backend else {
+        return Err(anyhow!("snapshot {} is not a container's", manifest.id));
+    };
+    let layer = layers.first().ok_or_else(|| anyhow!("snapshot {} has no layer", manifest.id))?;
     let size_bytes =
         disk_usage(&home.join("snapshots").join(&manifest.id))? + disk_usage(&home.join("layers").join(layer))?;
 
@@ -101,19 +104,24 @@ fn one_round(home: &Path, spec: &SandboxSpec, workload: Workload, mut cleanup: C
 /// answer, seconds. The new sandbox is left to `cleanup`.
 fn restore(cleanup: &Cleanup, snapshot: &str, workload: Workload, before: Option<u64>) -> Result<(f64, f64)> {
     let started = Instant::now();
-    let info = cleanup.backend.restore(snapshot, None)?;
+    let id = cleanup.backend.restore(snapshot, None)?.id;
     let call_s = started.elapsed().as_secs_f64();
-    cleanup.add(info.record.id.clone());
+    cleanup.add(id.clone());
     if let (Some(before), Some(port)) = (before, workload.counter_port()) {
-        let after = ask_counter(info.record.init_pid, port)?;
+        let after = ask_counter(port, || dial(cleanup.backend, &id, port))?;
         ensure!(after == before + 1, "the counter went from {before} to {after} across the restore");
     }
     Ok((call_s, started.elapsed().as_secs_f64()))
 }
 
+/// A connection to `port` in `sandbox`.
+fn dial(backend: &dyn Backend, sandbox: &str, port: u16) -> std::io::Result<std::net::TcpStream> {
+    backend.dial(sandbox, port).map_err(std::io::Error::other)
+}
+
 /// Everything a round made — sandboxes, then the snapshot — removed when done or dropped.
 struct Cleanup<'a> {
-    backend: &'a ContainerBackend,
+    backend: &'a dyn Backend,
     sandboxes: Mutex<Vec<String>>,
     snapshot: Option<String>,
 }

@@ -157,9 +157,10 @@ struct BenchServer {
 
 impl BenchServer {
     fn start(home: &Path) -> Result<BenchServer> {
+        let backend = crate::commands::backend(home)?;
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let server = runtime
-            .block_on(Server::bind(home, "127.0.0.1:0".parse().expect("an address")))
+            .block_on(Server::bind(home, "127.0.0.1:0".parse().expect("an address"), backend))
             .context("cannot start the benchmark's hiber serve")?;
         let addr = server.local_addr()?;
         let token_file = home.join(hiber_server::auth::TOKEN_FILE);

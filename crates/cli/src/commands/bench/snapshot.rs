@@ -6,8 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use hiber_image::ImageStore;
-use hiber_sandbox::criu::Criu;
-use hiber_sandbox::{Limits, SandboxSpec};
+use hiber_sandbox::{Criu, Limits, SandboxSpec};
 use serde::Serialize;
 
 use super::ensure_image;
@@ -87,15 +86,14 @@ pub fn snapshot(home: &Path, rounds: usize, json: bool, skip_podman: bool) -> Re
         let spec = SandboxSpec {
             name: None,
             image: image.name.clone(),
-            lowers: lowers.clone(),
             limits: Limits::default(),
             main: Some(workload.process()),
         };
         let label = workload.label();
         eprintln!("bench: {label}: hiber, {rounds} rounds");
-        let hiber = hiber(&backend, home, &spec, workload, rounds)?;
+        let hiber = hiber(&*backend, home, &spec, workload, rounds)?;
         eprintln!("bench: {label}: CRIU CLI, {rounds} rounds");
-        let criu_cli = peer(criu_cli(&backend, home, &spec, workload, rounds, &work), &mut notes);
+        let criu_cli = peer(criu_cli(home, &spec, workload, rounds, &work), &mut notes);
         let podman = if with_podman {
             eprintln!("bench: {label}: Podman, {rounds} rounds");
             peer(podman::podman(workload, &lowers[0], rounds), &mut notes)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use hiber_image::ImageStore;
 use hiber_proto::ProcessSpec;
-use hiber_sandbox::{Backend, ContainerBackend, InitConnection, Limits, SandboxSpec};
+use hiber_sandbox::{Backend, Limits, SandboxSpec};
 use serde::Serialize;
 
 use super::ensure_image;
@@ -27,12 +27,12 @@ struct StartResult {
 }
 
 /// Create a sandbox, run `true` in it, remove it; returns how long it took.
-fn one_start(backend: &ContainerBackend, spec: &SandboxSpec) -> Result<Duration> {
+fn one_start(backend: &dyn Backend, spec: &SandboxSpec) -> Result<Duration> {
     let started = Instant::now();
-    let info = backend.create(spec.clone())?;
+    let id = backend.create(spec.clone())?.id;
     let process = ProcessSpec::command(["true"]);
-    let ran = InitConnection::run(info.record.init_pid, "bench", process);
-    backend.remove(&info.record.id, true)?;
+    let ran = backend.connect(&id).map_err(anyhow::Error::from).and_then(|c| Ok(c.run("bench", process)?));
+    backend.remove(&id, true)?;
     let out = ran?;
     ensure!(out.code == 0, "`true` exited with {} in the benchmark sandbox", out.code);
     Ok(started.elapsed())
@@ -44,14 +44,8 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
     let mut results = Vec::new();
     for name in ["busybox", "debian"] {
         let image = ensure_image(&store, name)?;
-        let spec = SandboxSpec {
-            name: None,
-            image: image.name.clone(),
-            lowers: store.lower_dirs(&image),
-            limits: Limits::default(),
-            main: None,
-        };
-        one_start(&backend, &spec).context("warm-up start")?;
+        let spec = SandboxSpec { name: None, image: image.name.clone(), limits: Limits::default(), main: None };
+        one_start(&*backend, &spec).context("warm-up start")?;
         for workers in [1, 2] {
             let mut rates = Vec::new();
             let mut latencies = Vec::new();
@@ -60,7 +54,7 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
                 let per_worker: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
                     let handles: Vec<_> = (0..workers)
                         .map(|w| {
-                            let (backend, spec) = (&backend, &spec);
+                            let (backend, spec) = (&*backend, &spec);
                             let share = runs / workers + usize::from(w < runs % workers);
                             s.spawn(move || (0..share).map(|_| one_start(backend, spec)).collect())
                         })

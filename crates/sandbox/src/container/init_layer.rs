@@ -45,7 +45,7 @@ const DEV_LINKS: [(&str, &str); 5] = [
 pub const SDK_PATH: &str = "/usr/lib/python3/dist-packages/hiber.py";
 
 /// The in-sandbox SDK's source.
-const SDK_MODULE: &str = include_str!("../../../sdk/agent/hiber.py");
+const SDK_MODULE: &str = include_str!("../../../../sdk/agent/hiber.py");
 
 /// Directories and their modes.
 const DIRS: [(&str, u32); 13] = [

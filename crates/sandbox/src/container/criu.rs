@@ -131,7 +131,7 @@ impl Criu {
         if out.status.success() {
             return Ok(());
         }
-        Err(failure(action, log, &String::from_utf8_lossy(&out.stderr)))
+        Err(CriuError::from_log(action, log, &String::from_utf8_lossy(&out.stderr)))
     }
 }
 
@@ -156,16 +156,18 @@ fn ensure_kdat_cache() {
     }
 }
 
-/// A [`CriuError::Failed`] with the error lines of CRIU's log (or `stderr`).
-pub fn failure(action: &'static str, log: &Path, stderr: &str) -> CriuError {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).map(str::trim).collect();
-    if errors.is_empty() {
-        errors = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+impl CriuError {
+    /// A [`CriuError::Failed`] with the error lines of CRIU's log (or `stderr`).
+    pub fn from_log(action: &'static str, log: &Path, stderr: &str) -> CriuError {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let mut errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).map(str::trim).collect();
+        if errors.is_empty() {
+            errors = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        }
+        let detail = errors.iter().rev().take(3).rev().copied().collect::<Vec<_>>().join("; ");
+        let detail = if detail.is_empty() { "no error in its log".to_string() } else { detail };
+        CriuError::Failed { action, detail, log: log.to_owned() }
     }
-    let detail = errors.iter().rev().take(3).rev().copied().collect::<Vec<_>>().join("; ");
-    let detail = if detail.is_empty() { "no error in its log".to_string() } else { detail };
-    CriuError::Failed { action, detail, log: log.to_owned() }
 }
 
 /// Extracts `4.2.1` from `criu --version` output (`Version: 4.2.1`).
@@ -188,9 +190,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("dump.log");
         std::fs::write(&log, "(0.1) Warn: x\n(0.2) Error (a.c:1): first\n(0.3) Error (b.c:2): second\n").unwrap();
-        let msg = failure("dump", &log, "").to_string();
+        let msg = CriuError::from_log("dump", &log, "").to_string();
         assert!(msg.starts_with("criu dump failed: (0.2) Error (a.c:1): first; (0.3) Error (b.c:2): second"), "{msg}");
-        let msg = failure("restore", &dir.path().join("none"), "boom\n").to_string();
+        let msg = CriuError::from_log("restore", &dir.path().join("none"), "boom\n").to_string();
         assert!(msg.contains("restore failed: boom"), "{msg}");
     }
 

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
-use crate::cgroup::Hierarchy;
-use crate::criu::Criu;
-use crate::init_layer;
+use super::cgroup::Hierarchy;
+use super::criu::Criu;
+use super::init_layer;
 
 /// One prerequisite and whether it is met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

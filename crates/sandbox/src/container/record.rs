@@ -1,13 +1,13 @@
-//! What is saved about a sandbox (`state.json`) and how its status is read.
+//! What the container backend saves about a sandbox (`state.json`), its exit and suspension
+//! records, and how its processes are told apart from reused pids.
 
 use std::fs;
 use std::path::PathBuf;
 
-use hiber_common::fs::read_json;
 use hiber_proto::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::SandboxDir;
+use crate::backend::{SandboxInfo, Status};
 use crate::spec::Limits;
 
 /// The saved description of one sandbox.
@@ -43,22 +43,51 @@ pub struct SandboxRecord {
 }
 
 impl SandboxRecord {
-    /// A record of a sandbox that never started, for unit tests.
-    #[cfg(test)]
-    pub(crate) fn for_tests(id: &str, name: Option<&str>) -> SandboxRecord {
+    /// A sandbox not started yet, with a new id; its hostname is its name, or else the id.
+    pub fn new(
+        name: Option<String>,
+        image: String,
+        lowers: Vec<PathBuf>,
+        from_snapshot: Option<String>,
+        limits: Limits,
+        main: Option<ProcessSpec>,
+    ) -> SandboxRecord {
+        let id = hiber_common::random_id(12);
         SandboxRecord {
-            id: id.into(),
-            name: name.map(Into::into),
-            hostname: id.into(),
-            image: "busybox".into(),
-            lowers: vec![],
-            from_snapshot: None,
-            limits: Limits::default(),
-            main: None,
-            created: 0,
+            hostname: name.clone().unwrap_or_else(|| id.clone()),
+            id,
+            name,
+            image,
+            lowers,
+            from_snapshot,
+            limits,
+            main,
+            created: hiber_common::unix_secs(),
             shim_pid: 0,
             init_pid: 0,
             init_start: 0,
+        }
+    }
+
+    /// A record of a sandbox that never started, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: &str, name: Option<&str>) -> SandboxRecord {
+        let record = SandboxRecord::new(name.map(Into::into), "busybox".into(), vec![], None, Limits::default(), None);
+        SandboxRecord { id: id.into(), hostname: id.into(), ..record }
+    }
+
+    /// What every backend tells about a sandbox, with its `status`.
+    pub fn info(&self, status: Status) -> SandboxInfo {
+        SandboxInfo {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            image: self.image.clone(),
+            from_snapshot: self.from_snapshot.clone(),
+            limits: self.limits,
+            main: self.main.clone(),
+            created: self.created,
+            status,
         }
     }
 
@@ -82,44 +111,6 @@ pub struct ExitRecord {
 pub struct SuspendRecord {
     /// The snapshot to restore to carry on.
     pub snapshot: String,
-}
-
-/// A sandbox's current status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum Status {
-    /// hiber-init is alive.
-    Running,
-    /// A snapshot stopped it; restoring that snapshot carries on.
-    Suspended {
-        /// The snapshot.
-        snapshot: String,
-    },
-    /// hiber-init ended; `code` is unknown when the shim did not see it end
-    /// (the shim was killed, or the machine restarted).
-    Exited {
-        /// Exit code, if known.
-        code: Option<i32>,
-    },
-}
-
-impl Status {
-    /// Reads the status of `record`, whose runtime directory is `dir`.
-    pub fn of(record: &SandboxRecord, dir: &SandboxDir) -> Status {
-        if is_alive(record) {
-            return Status::Running;
-        }
-        if let Ok(suspended) = read_json::<SuspendRecord>(&dir.suspended()) {
-            return Status::Suspended { snapshot: suspended.snapshot };
-        }
-        let code = read_json::<ExitRecord>(&dir.exit()).ok().map(|e| e.code);
-        Status::Exited { code }
-    }
-
-    /// True for [`Status::Running`].
-    pub fn is_running(&self) -> bool {
-        *self == Status::Running
-    }
 }
 
 /// Whether the sandbox's init (the very process, not a reuse of its pid) lives.
@@ -155,7 +146,6 @@ pub fn parent_pid(pid: i32) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hiber_common::fs::write_json_atomic;
 
     #[test]
     fn own_process_is_alive_and_start_time_is_stable() {
@@ -164,24 +154,5 @@ mod tests {
         assert_eq!(process_start(me), Some(start));
         assert!(parent_pid(me).unwrap() > 0);
         assert_eq!(process_start(i32::MAX), None);
-    }
-
-    #[test]
-    fn status_reads_liveness_then_suspension_then_the_exit_record() {
-        let tmp = tempfile::tempdir().unwrap();
-        let runtime = crate::runtime::Runtime::open(tmp.path()).unwrap();
-        let dir = runtime.dir("0123456789ab");
-        std::fs::create_dir_all(dir.path()).unwrap();
-        let me = std::process::id() as i32;
-        let mut rec = SandboxRecord::for_tests("0123456789ab", None);
-        rec.init_pid = me;
-        rec.init_start = process_start(me).unwrap();
-        assert_eq!(Status::of(&rec, &dir), Status::Running);
-        rec.init_start += 1; // same pid, another process
-        assert_eq!(Status::of(&rec, &dir), Status::Exited { code: None });
-        write_json_atomic(&dir.exit(), &ExitRecord { code: 3, at: 1 }).unwrap();
-        assert_eq!(Status::of(&rec, &dir), Status::Exited { code: Some(3) });
-        write_json_atomic(&dir.suspended(), &SuspendRecord { snapshot: "s1".into() }).unwrap();
-        assert_eq!(Status::of(&rec, &dir), Status::Suspended { snapshot: "s1".into() });
     }
 }

@@ -91,15 +91,6 @@ pub fn unmount(target: &Path) -> Result<(), OverlayError> {
     }
 }
 
-/// Whether `target` is a mount point listed in `/proc/self/mountinfo`.
-pub fn is_mounted(target: &Path) -> bool {
-    let want = target.display().to_string().replace(' ', "\\040");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

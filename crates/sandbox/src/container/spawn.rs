@@ -21,11 +21,12 @@ use hiber_proto::{InitConfig, INIT_PATH};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, pivot_root, sethostname, setsid};
 
-use crate::cgroup::Cgroup;
-use crate::criu::Criu;
 use hiber_common::fs::write_json_atomic;
 
-use crate::state::ExitRecord;
+use super::cgroup::Cgroup;
+use super::criu::Criu;
+use super::record::ExitRecord;
+use super::runtime::SandboxDir;
 
 /// Errors starting a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +44,8 @@ pub enum SpawnError {
 
 /// How the sandbox's process tree comes to be.
 pub enum Start<'a> {
-    /// A fresh hiber-init with this configuration, cloned into new namespaces.
-    Fresh(&'a InitConfig),
+    /// A fresh hiber-init, cloned into new namespaces.
+    Fresh,
     /// A dumped tree brought back by CRIU, into a fresh network namespace
     /// (CRIU re-creates the others).
     Restore {
@@ -52,27 +53,22 @@ pub enum Start<'a> {
         criu: &'a Criu,
         /// The process image.
         images: &'a Path,
-        /// Where CRIU writes the restored root's host pid.
-        pidfile: &'a Path,
-        /// CRIU's log, quoted when it fails.
-        log: &'a Path,
     },
 }
 
 /// What the shim needs to start and watch a sandbox.
 pub struct Launch<'a> {
-    /// The mounted root filesystem.
-    pub rootfs: &'a Path,
+    /// The sandbox's runtime directory: its mounted root, where the shim records hiber-init's
+    /// exit and its own diagnostics, CRIU's pidfile and log.
+    pub dir: &'a SandboxDir,
     /// The sandbox's hostname.
     pub hostname: &'a str,
+    /// hiber-init's configuration (a fresh start's).
+    pub config: &'a InitConfig,
     /// How to start it.
     pub start: Start<'a>,
     /// The cgroup hiber-init is put into before it runs.
     pub cgroup: &'a Cgroup,
-    /// Where the shim records hiber-init's exit.
-    pub exit_file: &'a Path,
-    /// Where the shim's own diagnostics go.
-    pub shim_log: &'a Path,
 }
 
 /// Host pids of a started sandbox.
@@ -98,7 +94,7 @@ fn pipe() -> Result<(File, File), SpawnError> {
 pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     let (mut report_r, report_w) = pipe()?;
     let child_args = match &launch.start {
-        Start::Fresh(config) => Some(ChildArgs::new(launch.rootfs, config)?),
+        Start::Fresh => Some(ChildArgs::new(&launch.dir.rootfs(), launch.config)?),
         Start::Restore { .. } => None,
     };
     // SAFETY: the child only runs the shim (below) and exits with _exit; with
@@ -128,7 +124,7 @@ pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
                 }
                 _ => {
                     let _ = nix::sys::wait::waitpid(child, None);
-                    Err(SpawnError::ShimDied(launch.shim_log.display().to_string()))
+                    Err(SpawnError::ShimDied(launch.dir.shim_log().display().to_string()))
                 }
             }
         }
@@ -169,20 +165,21 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
         libc::prctl(libc::PR_SET_NAME, c"hiber-shim".as_ptr());
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
     }
-    let report = match isolate_fds(launch.shim_log, report) {
+    let report = match isolate_fds(&launch.dir.shim_log(), report) {
         Ok(fd) => fd,
         Err(_) => return 1,
     };
     let mut report = File::from(report);
     let started = match (&mut launch.start, args) {
-        (Start::Restore { criu, images, pidfile, log }, _) => fresh_netns()
+        (Start::Restore { criu, images }, _) => fresh_netns()
             .and_then(|netns| {
-                let mut command = criu.restore_command(images, launch.rootfs, pidfile, log, netns.as_raw_fd());
-                restore_tree(launch.cgroup, &mut command, pidfile, log)
+                let (pidfile, log) = (launch.dir.restore_pidfile(), launch.dir.restore_log());
+                let mut command = criu.restore_command(images, &launch.dir.rootfs(), &pidfile, &log, netns.as_raw_fd());
+                restore_tree(launch.cgroup, &mut command, &pidfile, &log)
             })
             .and_then(|pid| set_hostname(pid, launch.hostname).map(|()| pid)),
-        (Start::Fresh(_), Some(args)) => start_init(launch, args),
-        (Start::Fresh(_), None) => unreachable!("fresh starts prepare their arguments"),
+        (Start::Fresh, Some(args)) => start_init(launch, args),
+        (Start::Fresh, None) => unreachable!("fresh starts prepare their arguments"),
     };
     match started {
         Err(e) => {
@@ -192,7 +189,7 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
         Ok(init_pid) => {
             let _ = write!(report, "ok {init_pid}");
             drop(report);
-            reap_until_empty(init_pid, launch.exit_file);
+            reap_until_empty(init_pid, &launch.dir.exit());
             0
         }
     }
@@ -377,7 +374,7 @@ fn restore_tree(cgroup: &Cgroup, command: &mut Command, pidfile: &Path, log: &Pa
     let out = command.stdin(std::process::Stdio::null()).output().map_err(|e| SpawnError::Sys("criu restore", e))?;
     if !out.status.success() {
         return Err(SpawnError::Setup(
-            crate::criu::failure("restore", log, &String::from_utf8_lossy(&out.stderr)).to_string(),
+            super::criu::CriuError::from_log("restore", log, &String::from_utf8_lossy(&out.stderr)).to_string(),
         ));
     }
     let text = std::fs::read_to_string(pidfile).map_err(|e| SpawnError::Sys("reading criu's pidfile", e))?;

@@ -270,11 +270,6 @@ impl Cgroup {
         }
         Ok(())
     }
-
-    /// Whether any of the cgroup's directories exists.
-    pub fn exists(&self) -> bool {
-        self.dirs().iter().any(|d| d.exists())
-    }
 }
 
 fn read(path: &Path) -> String {
