@@ -359,26 +359,19 @@ fn print_report(r: &Report) -> std::io::Result<()> {
     let restore = |turns: &Turns| {
         turns.restore_ms_mean.map_or_else(|| "-".to_string(), |m| format!("{} x {}", turns.restores, ms(m)))
     };
-    let rows = vec![
+    let row = |label: &str, turns: &Turns, target: String| {
         vec![
-            "running".into(),
-            ms(r.running.user_entry_ms_p50),
-            ms(r.running.first_entry_ms_p50),
-            ms(r.running.first_entry_ms_p95),
-            ms(r.running.turn_ms_p50),
-            restore(&r.running),
-            "-".into(),
-        ],
-        vec![
-            "suspended".into(),
-            ms(r.suspended.user_entry_ms_p50),
-            ms(r.suspended.first_entry_ms_p50),
-            ms(r.suspended.first_entry_ms_p95),
-            ms(r.suspended.turn_ms_p50),
-            restore(&r.suspended),
-            format!("p50 <= {} ({})", ms(t.suspended_first_entry_ms), met(t.suspended_first_entry_met)),
-        ],
-    ];
+            label.to_string(),
+            ms(turns.user_entry_ms_p50),
+            ms(turns.first_entry_ms_p50),
+            ms(turns.first_entry_ms_p95),
+            ms(turns.turn_ms_p50),
+            restore(turns),
+            target,
+        ]
+    };
+    let target = format!("p50 <= {} ({})", ms(t.suspended_first_entry_ms), met(t.suspended_first_entry_met));
+    let rows = vec![row("running", &r.running, "-".into()), row("suspended", &r.suspended, target)];
     format::table(
         &["SESSION", "USER ENTRY P50", "FIRST ENTRY P50", "FIRST ENTRY P95", "TURN P50", "RESTORES (MEAN)", "TARGET"],
         &rows,
