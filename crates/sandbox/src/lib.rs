@@ -15,6 +15,7 @@ mod spec;
 pub use backend::{Backend, SandboxError, SandboxInfo, SnapshotOptions, Status};
 pub use client::{Channel, ClientError, InitConnection, Output};
 pub use container::{dial_in_netns, preflight, ContainerBackend, ContainerError, Criu, CriuError, HostView};
+pub use snapshot::conformance as snapshot_conformance;
 pub use snapshot::{
     BackendState, FileSum, Leftover, LocalSnapshots, Manifest, ManifestError, Pending, SnapshotStore, StoreError,
     FORMAT_VERSION,

@@ -6,6 +6,7 @@
 //! exists). A builder that dies leaves a [`Leftover`] that its successor finishes or undoes,
 //! guided by the journal it wrote at `begin`. [`LocalSnapshots`] keeps snapshots in a directory.
 
+pub mod conformance;
 mod local;
 mod manifest;
 
