@@ -9,6 +9,7 @@ use hiber_proto::ProcessSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{ClientError, InitConnection};
+use crate::resolve::ResolveError;
 use crate::snapshot::{Manifest, StoreError};
 use crate::spec::{Limits, SandboxSpec, SpecError};
 
@@ -62,6 +63,15 @@ pub enum SandboxError {
     /// The backend's own machinery failed.
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl From<ResolveError> for SandboxError {
+    fn from(e: ResolveError) -> SandboxError {
+        match e {
+            ResolveError::NotFound(key) => SandboxError::NotFound(key),
+            ResolveError::Ambiguous(key, ids) => SandboxError::Ambiguous(key, ids),
+        }
+    }
 }
 
 /// A sandbox as every backend describes it.

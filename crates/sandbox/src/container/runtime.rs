@@ -9,7 +9,7 @@ use hiber_common::fs::read_json;
 
 use super::record::{is_alive, ExitRecord, SandboxRecord, SuspendRecord};
 use crate::backend::{SandboxError, Status};
-use crate::resolve::{resolve, ResolveError};
+use crate::resolve::resolve;
 
 /// The runtime directory cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -146,10 +146,7 @@ impl Runtime {
             }
         }
         let records = self.list();
-        let id = resolve(key, records.iter().map(|r| (r.id.as_str(), r.name.as_deref()))).map_err(|e| match e {
-            ResolveError::NotFound(key) => SandboxError::NotFound(key),
-            ResolveError::Ambiguous(key, ids) => SandboxError::Ambiguous(key, ids),
-        })?;
+        let id = resolve(key, records.iter().map(|r| (r.id.as_str(), r.name.as_deref())))?;
         Ok(records.into_iter().find(|r| r.id == id).expect("resolved among these"))
     }
 }

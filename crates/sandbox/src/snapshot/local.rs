@@ -15,7 +15,7 @@ use hiber_common::lock::{self, Mode};
 use serde_json::Value;
 
 use super::{FileSum, Leftover, Manifest, Pending, SnapshotStore, StoreError};
-use crate::resolve::{resolve, ResolveError};
+use crate::resolve::resolve;
 
 const MANIFEST: &str = "manifest.json";
 const JOURNAL: &str = "journal.json";
@@ -225,10 +225,7 @@ impl SnapshotStore for LocalSnapshots {
         let manifests = self.list();
         let ids = self.ids();
         let named = |id: &str| manifests.iter().find(|m| m.id == id).and_then(|m| m.name.as_deref());
-        resolve(key, ids.iter().map(|id| (id.as_str(), named(id)))).map_err(|e| match e {
-            ResolveError::NotFound(key) => StoreError::NotFound(key),
-            ResolveError::Ambiguous(key, ids) => StoreError::Ambiguous(key, ids),
-        })
+        Ok(resolve(key, ids.iter().map(|id| (id.as_str(), named(id))))?)
     }
 
     fn manifest(&self, id: &str) -> Result<Manifest, StoreError> {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::resolve::ResolveError;
 pub use local::LocalSnapshots;
 pub use manifest::{BackendState, FileSum, Manifest, ManifestError, FORMAT_VERSION};
 
@@ -64,6 +65,15 @@ pub enum StoreError {
         /// The error.
         source: io::Error,
     },
+}
+
+impl From<ResolveError> for StoreError {
+    fn from(e: ResolveError) -> StoreError {
+        match e {
+            ResolveError::NotFound(key) => StoreError::NotFound(key),
+            ResolveError::Ambiguous(key, ids) => StoreError::Ambiguous(key, ids),
+        }
+    }
 }
 
 /// Where snapshots are kept. Every method blocks.
