@@ -14,7 +14,7 @@ use hiber_common::fs::{read_json, sync_dir, write_json_atomic};
 use hiber_common::lock::{self, Mode};
 use serde_json::Value;
 
-use super::{FileSum, Leftover, Manifest, Pending, SnapshotStore, StoreError};
+use super::{check_sum, FileSum, Leftover, Manifest, Pending, SnapshotStore, StoreError};
 use crate::resolve::resolve;
 
 const MANIFEST: &str = "manifest.json";
@@ -241,14 +241,7 @@ impl SnapshotStore for LocalSnapshots {
         let manifest = self.manifest(id)?;
         let dir = self.root.join(id);
         for file in &manifest.files {
-            let corrupt = |problem: String| StoreError::Corrupt { id: id.into(), path: file.path.clone(), problem };
-            let (size, hash) = hash_file(&dir.join(&file.path)).map_err(|e| corrupt(format!("cannot be read: {e}")))?;
-            if size != file.size {
-                return Err(corrupt(format!("has {size} bytes, expected {}", file.size)));
-            }
-            if hash != file.blake3 {
-                return Err(corrupt("does not match its checksum".into()));
-            }
+            check_sum(id, file, hash_file(&dir.join(&file.path)))?;
         }
         Ok(manifest)
     }

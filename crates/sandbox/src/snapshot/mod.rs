@@ -76,6 +76,20 @@ impl From<ResolveError> for StoreError {
     }
 }
 
+/// Checks one file of snapshot `id` against its `sum`, given what reading it `found` (its size
+/// and blake3 hash): any difference is [`StoreError::Corrupt`].
+pub(crate) fn check_sum(id: &str, sum: &FileSum, found: io::Result<(u64, String)>) -> Result<(), StoreError> {
+    let corrupt = |problem: String| StoreError::Corrupt { id: id.into(), path: sum.path.clone(), problem };
+    let (size, hash) = found.map_err(|e| corrupt(format!("cannot be read: {e}")))?;
+    if size != sum.size {
+        return Err(corrupt(format!("has {size} bytes, expected {}", sum.size)));
+    }
+    if hash != sum.blake3 {
+        return Err(corrupt("does not match its checksum".into()));
+    }
+    Ok(())
+}
+
 /// Where snapshots are kept. Every method blocks.
 pub trait SnapshotStore: Send + Sync {
     /// Starts a snapshot, checking that `name` is free. `journal` says what the snapshot is for,
