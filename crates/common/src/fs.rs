@@ -1,12 +1,14 @@
-//! Durable, all-or-nothing file replacement and removal.
+//! Durable, all-or-nothing file replacement and removal, and what is mounted where.
 //!
 //! A file is written to a temporary name in the same directory, synced, renamed over the target
 //! and the directory synced: after a crash the target holds either the old or the new content.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,6 +53,41 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Mount points at or below `dir` (an absolute, canonical path) in this mount namespace.
+pub fn mounts_under(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let info = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&info).into_iter().filter(|m| m.starts_with(dir)).collect())
+}
+
+/// The mount points (5th field, octal escapes decoded) of a mountinfo text.
+fn parse_mountinfo(info: &str) -> Vec<PathBuf> {
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| {
+            let bytes = field.as_bytes();
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while i < bytes.len() {
+                let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+                    let s = std::str::from_utf8(d).ok()?;
+                    u8::from_str_radix(s, 8).ok()
+                });
+                match (bytes[i], octal) {
+                    (b'\\', Some(b)) => {
+                        out.push(b);
+                        i += 4;
+                    }
+                    (b, _) => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(OsStr::from_bytes(&out))
+        })
+        .collect()
+}
+
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -61,6 +98,16 @@ fn parent(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_mount_points_are_decoded() {
+        let info = "22 1 8:1 / / rw,relatime - ext4 /dev/vda rw\n\
+                    30 22 0:5 / /var/cache/hiber/rootfs/.tmp-x/proc rw - proc proc rw\n\
+                    31 22 0:6 / /mnt/with\\040space rw - tmpfs tmpfs rw\n";
+        let mounts = parse_mountinfo(info);
+        assert_eq!(mounts[1], Path::new("/var/cache/hiber/rootfs/.tmp-x/proc"));
+        assert_eq!(mounts[2], Path::new("/mnt/with space"));
+    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> =

@@ -1,4 +1,4 @@
-//! What every hiber crate shares, once: durable all-or-nothing file writes ([`fs`]), advisory
+//! What every hiber crate shares, once: durable all-or-nothing file writes and mount points ([`fs`]), advisory
 //! file locks ([`lock`]), unix time ([`unix_secs`], [`unix_ms`]) and random ids ([`random_id`]).
 
 pub mod fs;

@@ -8,11 +8,9 @@
 //! it is killed.
 
 use std::collections::VecDeque;
-use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -280,52 +278,12 @@ fn remove_tmp(dir: &Path) -> Result<(), DebianError> {
 
 /// Mount points at or below `dir` (an absolute, canonical path) in this mount namespace.
 fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, DebianError> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(io_err("cannot read /proc/self/mountinfo"))?;
-    Ok(parse_mountinfo(&info).into_iter().filter(|m| m.starts_with(dir)).collect())
-}
-
-/// The mount points (5th field, octal escapes decoded) of a mountinfo text.
-fn parse_mountinfo(info: &str) -> Vec<PathBuf> {
-    info.lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| {
-            let bytes = field.as_bytes();
-            let mut out = Vec::with_capacity(bytes.len());
-            let mut i = 0;
-            while i < bytes.len() {
-                let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-                    let s = std::str::from_utf8(d).ok()?;
-                    u8::from_str_radix(s, 8).ok()
-                });
-                match (bytes[i], octal) {
-                    (b'\\', Some(b)) => {
-                        out.push(b);
-                        i += 4;
-                    }
-                    (b, _) => {
-                        out.push(b);
-                        i += 1;
-                    }
-                }
-            }
-            PathBuf::from(OsStr::from_bytes(&out))
-        })
-        .collect()
+    hiber_common::fs::mounts_under(dir).map_err(io_err("cannot read /proc/self/mountinfo"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_mount_points_are_decoded() {
-        let info = "22 1 8:1 / / rw,relatime - ext4 /dev/vda rw\n\
-                    30 22 0:5 / /var/cache/hiber/rootfs/.tmp-x/proc rw - proc proc rw\n\
-                    31 22 0:6 / /mnt/with\\040space rw - tmpfs tmpfs rw\n";
-        let mounts = parse_mountinfo(info);
-        assert_eq!(mounts[1], Path::new("/var/cache/hiber/rootfs/.tmp-x/proc"));
-        assert_eq!(mounts[2], Path::new("/mnt/with space"));
-    }
 
     #[test]
     fn stale_build_directories_are_removed_but_not_through_mounts() {

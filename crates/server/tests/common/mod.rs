@@ -218,13 +218,7 @@ impl Drop for TestServer {
     }
 }
 
-/// Mount points below `dir`, from /proc/mounts.
+/// Mount points at or below `dir`.
 pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/mounts")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(1))
-        .map(|m| PathBuf::from(m.replace("\\040", " ")))
-        .filter(|m| m.starts_with(dir))
-        .collect()
+    hiber_common::fs::mounts_under(dir).unwrap_or_default()
 }
