@@ -8,6 +8,7 @@
 
 mod backend;
 mod client;
+pub mod conformance;
 mod container;
 #[cfg(feature = "fake")]
 pub mod fake;
