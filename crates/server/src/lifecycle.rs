@@ -550,6 +550,9 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
+mod transitions;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
