@@ -10,8 +10,9 @@ use serde_json::json;
 
 use crate::db::SqliteError;
 use crate::entry::{Kind, NewEntry};
+use crate::error::StoreError;
 use crate::sqlite::SqliteLog;
-use crate::store::{LogStore, StoreError};
+use crate::store::LogStore;
 
 /// What to measure; [`Default`] is what `hiber bench session` uses.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use crate::entry::Entry;
-use crate::store::StoreError;
+use crate::error::StoreError;
 
 /// How many entries a follower reads at a time, and buffers for its reader.
 pub(crate) const PAGE: usize = 256;

@@ -26,6 +26,7 @@
 pub mod bench;
 mod db;
 mod entry;
+mod error;
 mod follow;
 mod sqlite;
 mod store;
@@ -36,7 +37,8 @@ pub use entry::{
     check_append, check_session, Appended, Entry, EntryError, Kind, NewEntry, SessionInfo, MAX_KEY_BYTES,
     MAX_PAYLOAD_BYTES, MAX_SESSION_ID_BYTES,
 };
+pub use error::StoreError;
 pub use follow::Follow;
 pub use sqlite::SqliteLog;
-pub use store::{BoxFuture, LogStore, StoreError};
+pub use store::{BoxFuture, LogStore};
 pub use writer::WriterError;

@@ -7,8 +7,9 @@ use rusqlite::Connection;
 
 use crate::db::{self, SqliteError};
 use crate::entry::{self, Appended, Entry, Kind, NewEntry, SessionInfo};
+use crate::error::StoreError;
 use crate::follow::{self, Follow, Notifier};
-use crate::store::{BoxFuture, LogStore, StoreError};
+use crate::store::{BoxFuture, LogStore};
 use crate::writer::{Outcome, Writer, WriterError};
 
 /// Idle read connections kept for reuse.

@@ -9,8 +9,9 @@ use tempfile::TempDir;
 
 use super::SqliteLog;
 use crate::entry::{EntryError, Kind, NewEntry, MAX_PAYLOAD_BYTES};
+use crate::error::StoreError;
 use crate::follow::Follow;
-use crate::store::{LogStore, StoreError};
+use crate::store::LogStore;
 
 fn open() -> (TempDir, Arc<dyn LogStore>) {
     let dir = tempfile::tempdir().unwrap();

@@ -4,26 +4,13 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::entry::{Appended, Entry, EntryError, NewEntry, SessionInfo};
+use crate::entry::{Appended, Entry, NewEntry, SessionInfo};
+use crate::error::StoreError;
 use crate::follow::Follow;
 
 /// A boxed, sendable future: what the methods of [`LogStore`] return, which
 /// keeps the trait object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// What a store's methods can fail with, whatever the backend.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Bad input from the caller; nothing was changed.
-    #[error("invalid request: {0}")]
-    Invalid(#[from] EntryError),
-    /// The store is shutting down or its writer stopped.
-    #[error("the context log store is closed")]
-    Closed,
-    /// The backend failed (I/O, SQL, a corrupt row); the source says how.
-    #[error("context log storage failed: {0}")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
-}
 
 /// An append-only log of entries per session.
 ///
