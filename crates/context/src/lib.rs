@@ -3,7 +3,8 @@
 //!
 //! Callers hold an `Arc<dyn LogStore>`; [`SqliteLog`] is the embedded
 //! backend (one SQLite file in WAL mode, fsync'd group commits). A PostgreSQL
-//! backend can implement the same trait later.
+//! backend can implement the same trait later; [`conformance`] is what every
+//! backend must pass ([`log_store_conformance!`] runs it in a backend's tests).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod bench;
+pub mod conformance;
 mod db;
 mod entry;
 mod error;

@@ -179,5 +179,30 @@ impl LogStore for SqliteLog {
 }
 
 #[cfg(test)]
-#[path = "sqlite_tests.rs"]
-mod tests;
+mod tests {
+    use std::sync::Arc;
+
+    use tempfile::TempDir;
+
+    use super::SqliteLog;
+    use crate::conformance::Opener;
+    use crate::store::LogStore;
+
+    /// Each place is a temporary directory holding `context.db`.
+    struct Sqlite;
+
+    impl Opener for Sqlite {
+        type Store = dyn LogStore;
+        type Place = TempDir;
+
+        fn place(&self) -> TempDir {
+            tempfile::tempdir().unwrap()
+        }
+
+        fn open(&self, dir: &TempDir) -> Arc<dyn LogStore> {
+            Arc::new(SqliteLog::open(dir.path().join("context.db")).unwrap())
+        }
+    }
+
+    crate::log_store_conformance!(Sqlite);
+}

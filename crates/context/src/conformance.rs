@@ -1,22 +1,49 @@
-//! Tests of [`SqliteLog`] through the [`LogStore`] trait.
+//! The conformance suite of [`LogStore`]: what every backend must do, as
+//! `pub async fn` checks over an [`Opener`] of that backend's stores. A
+//! backend's tests run them all with [`crate::log_store_conformance!`]; the
+//! SQLite backend does.
+//!
+//! The checks panic on the first property that does not hold, and open their
+//! stores from within a tokio runtime (the concurrent ones need a
+//! multi-threaded one).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
-use super::SqliteLog;
-use crate::entry::{EntryError, Kind, NewEntry, MAX_PAYLOAD_BYTES};
+use crate::entry::{Entry, EntryError, Kind, NewEntry, MAX_PAYLOAD_BYTES};
 use crate::error::StoreError;
 use crate::follow::Follow;
 use crate::store::LogStore;
 
-fn open() -> (TempDir, Arc<dyn LogStore>) {
-    let dir = tempfile::tempdir().unwrap();
-    let log = SqliteLog::open(dir.path().join("context.db")).unwrap();
-    (dir, Arc::new(log))
+/// Opens the stores of one backend for a conformance suite (this one, and any
+/// other store's built the same way). Each check asks for a new [`place`]
+/// (empty storage) and opens a store there; the reopening checks drop that
+/// store and open the same place again.
+///
+/// [`place`]: Opener::place
+pub trait Opener {
+    /// What is opened, e.g. `dyn LogStore`.
+    type Store: ?Sized;
+    /// Where a store keeps its data, e.g. a temporary directory; dropping it
+    /// may remove the data. A check drops it after every store opened there.
+    type Place;
+
+    /// New, empty storage.
+    fn place(&self) -> Self::Place;
+
+    /// A store at `place`, holding what the stores opened there before wrote.
+    /// Panics if it cannot be opened: the checks are tests.
+    fn open(&self, place: &Self::Place) -> Arc<Self::Store>;
+}
+
+/// A store at a new place, and the place (drop it after the store).
+fn fresh<O: Opener<Store = dyn LogStore>>(opener: &O) -> (O::Place, Arc<dyn LogStore>) {
+    let place = opener.place();
+    let log = opener.open(&place);
+    (place, log)
 }
 
 fn user(text: &str) -> NewEntry {
@@ -28,17 +55,17 @@ async fn seqs(log: &dyn LogStore, session: &str) -> Vec<u64> {
     entries.iter().map(|e| e.seq).collect()
 }
 
-/// The next entry of a follow stream, failing the test after 10 s.
-async fn next(follow: &mut Follow) -> Option<crate::Entry> {
+/// The next entry of a follow stream, failing the check after 10 s.
+async fn next(follow: &mut Follow) -> Option<Entry> {
     tokio::time::timeout(Duration::from_secs(10), follow.next())
         .await
         .expect("follow stream stalled")
         .map(Result::unwrap)
 }
 
-#[tokio::test]
-async fn seq_is_dense_from_one() {
-    let (_dir, log) = open();
+/// A session's seqs are 1, 2, 3… in append order, and `last_seq` follows them.
+pub async fn seq_is_dense_from_one<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     assert_eq!(log.last_seq("s").await.unwrap(), 0);
     for i in 1..=5u64 {
         let a = log.append("s", user(&i.to_string())).await.unwrap();
@@ -50,9 +77,10 @@ async fn seq_is_dense_from_one() {
     assert_eq!(log.last_seq("s").await.unwrap(), 5);
 }
 
-#[tokio::test]
-async fn a_retried_key_returns_the_original() {
-    let (_dir, log) = open();
+/// An append with a key already used in the session adds nothing and returns
+/// the original entry, whatever the retry carries; keys are per session.
+pub async fn a_retried_key_returns_the_original<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     let first = log.append("s", user("hello").with_key("m1")).await.unwrap();
     log.append("s", user("other")).await.unwrap();
     let retry = log.append("s", NewEntry::new(Kind::Event, json!("changed")).with_key("m1")).await.unwrap();
@@ -67,9 +95,10 @@ async fn a_retried_key_returns_the_original() {
     assert_eq!(other.entry.seq, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_retries_of_one_key_add_one_entry() {
-    let (_dir, log) = open();
+/// Sixteen tasks appending with one key at once add exactly one entry, and
+/// all get it back. Needs a multi-threaded runtime.
+pub async fn concurrent_retries_of_one_key_add_one_entry<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let log = log.clone();
@@ -85,11 +114,13 @@ async fn concurrent_retries_of_one_key_add_one_entry() {
     assert_eq!(seqs(&*log, "s").await, vec![1]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sixteen_concurrent_appenders_get_every_seq_once_in_order() {
+/// Sixteen tasks appending at once get every seq exactly once, each task's
+/// seqs rising, and its entries stored in its order. Needs a multi-threaded
+/// runtime.
+pub async fn sixteen_concurrent_appenders_get_every_seq_once_in_order<O: Opener<Store = dyn LogStore>>(opener: &O) {
     const APPENDERS: u64 = 16;
     const EACH: u64 = 50;
-    let (_dir, log) = open();
+    let (_place, log) = fresh(opener);
     let tasks: Vec<_> = (0..APPENDERS)
         .map(|a| {
             let log = log.clone();
@@ -121,9 +152,10 @@ async fn sixteen_concurrent_appenders_get_every_seq_once_in_order() {
     }
 }
 
-#[tokio::test]
-async fn range_reads_honour_after_and_limit() {
-    let (_dir, log) = open();
+/// `read` returns up to `limit` entries with `seq > after`, in order; an
+/// unknown session has none.
+pub async fn range_reads_honour_after_and_limit<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     for i in 0..10 {
         log.append("s", user(&i.to_string())).await.unwrap();
     }
@@ -145,10 +177,12 @@ async fn range_reads_honour_after_and_limit() {
     assert!(log.read("unknown", 0, 10).await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn follow_sees_stored_then_live_entries_while_appends_race() {
+/// Followers that subscribe while another task appends get every entry after
+/// their position exactly once and in order, stored then live, and nothing
+/// more. Needs a multi-threaded runtime.
+pub async fn follow_sees_stored_then_live_entries_while_appends_race<O: Opener<Store = dyn LogStore>>(opener: &O) {
     const TOTAL: u64 = 600;
-    let (_dir, log) = open();
+    let (_place, log) = fresh(opener);
     for i in 0..5 {
         log.append("s", user(&i.to_string())).await.unwrap();
     }
@@ -185,10 +219,10 @@ async fn follow_sees_stored_then_live_entries_while_appends_race() {
     assert!(tokio::time::timeout(Duration::from_millis(100), follow.next()).await.is_err(), "nothing more");
 }
 
-#[tokio::test]
-async fn follow_ends_when_the_session_is_deleted_or_the_store_closes() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = SqliteLog::open(dir.path().join("context.db")).unwrap();
+/// A follow stream ends when its session is deleted, and when the last handle
+/// of the store is dropped.
+pub async fn follow_ends_when_the_session_is_deleted_or_the_store_closes<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     log.append("s", user("a")).await.unwrap();
     let mut deleted = log.follow("s", 0).await.unwrap();
     assert_eq!(next(&mut deleted).await.unwrap().seq, 1);
@@ -196,22 +230,23 @@ async fn follow_ends_when_the_session_is_deleted_or_the_store_closes() {
     assert!(next(&mut deleted).await.is_none());
 
     let mut closed = log.follow("t", 0).await.unwrap();
+    assert_eq!(Arc::strong_count(&log), 1, "the check holds the only handle of the store");
     drop(log);
     assert!(next(&mut closed).await.is_none());
 }
 
-#[tokio::test]
-async fn reopening_keeps_entries_and_continues_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("context.db");
+/// A store opened again at the same place has every entry and key, and
+/// continues the seqs.
+pub async fn reopening_keeps_entries_and_continues_seq<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let place = opener.place();
     let first = {
-        let log = SqliteLog::open(&path).unwrap();
+        let log = opener.open(&place);
         log.append("s", user("a").with_key("k")).await.unwrap();
         log.append("s", user("b")).await.unwrap();
         log.append("s", user("c")).await.unwrap()
     };
     assert_eq!(first.entry.seq, 3);
-    let log = SqliteLog::open(&path).unwrap();
+    let log = opener.open(&place);
     assert_eq!(log.last_seq("s").await.unwrap(), 3);
     assert_eq!(log.read("s", 2, 10).await.unwrap(), vec![first.entry]);
     assert_eq!(log.append("s", user("d")).await.unwrap().entry.seq, 4);
@@ -220,9 +255,11 @@ async fn reopening_keeps_entries_and_continues_seq() {
     assert_eq!(retry.entry.seq, 1);
 }
 
-#[tokio::test]
-async fn bad_input_is_a_clear_error_and_changes_nothing() {
-    let (_dir, log) = open();
+/// Empty session ids, oversized payloads and empty keys are
+/// [`StoreError::Invalid`] with the [`EntryError`] saying why, and change
+/// nothing.
+pub async fn bad_input_is_a_clear_error_and_changes_nothing<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     fn invalid<T>(r: Result<T, StoreError>) -> EntryError {
         match r {
             Err(StoreError::Invalid(e)) => e,
@@ -240,14 +277,14 @@ async fn bad_input_is_a_clear_error_and_changes_nothing() {
     assert!(matches!(err, EntryError::PayloadTooLarge { .. }));
     assert!(err.to_string().contains("more than the limit of 1048576"), "{err}");
     assert_eq!(invalid(log.append("s", user("a").with_key("")).await), EntryError::EmptyKey);
-    assert_eq!("robot".parse::<Kind>(), Err(EntryError::UnknownKind("robot".into())));
     assert_eq!(log.last_seq("s").await.unwrap(), 0);
     assert!(log.sessions().await.unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn sessions_are_independent() {
-    let (_dir, log) = open();
+/// Sessions have their own seqs; `sessions` lists them by id; deleting one
+/// returns its entry count, leaves the others alone and restarts it at seq 1.
+pub async fn sessions_are_independent<O: Opener<Store = dyn LogStore>>(opener: &O) {
+    let (_place, log) = fresh(opener);
     for i in 0..4 {
         assert_eq!(log.append("a", user("x")).await.unwrap().entry.seq, i + 1);
         if i < 2 {
@@ -265,4 +302,62 @@ async fn sessions_are_independent() {
     // A deleted session starts again at 1.
     assert_eq!(log.append("a", user("z")).await.unwrap().entry.seq, 1);
     assert_eq!(log.delete_session("never").await.unwrap(), 0);
+}
+
+/// Expands to one `#[tokio::test]` per check of [`crate::conformance`],
+/// against the stores that `$opener` opens: an expression whose type
+/// implements [`crate::conformance::Opener`] with `Store = dyn LogStore`,
+/// evaluated once per test. The calling crate needs `tokio` with the `macros`,
+/// `rt-multi-thread` and `time` features.
+///
+/// ```ignore
+/// hiber_context::log_store_conformance!(MyBackendOpener::new());
+/// ```
+#[macro_export]
+macro_rules! log_store_conformance {
+    ($opener:expr) => {
+        $crate::conformance_tests! {
+            $crate::conformance, $opener,
+            current_thread: [
+                seq_is_dense_from_one,
+                a_retried_key_returns_the_original,
+                range_reads_honour_after_and_limit,
+                follow_ends_when_the_session_is_deleted_or_the_store_closes,
+                reopening_keeps_entries_and_continues_seq,
+                bad_input_is_a_clear_error_and_changes_nothing,
+                sessions_are_independent,
+            ],
+            multi_thread: [
+                concurrent_retries_of_one_key_add_one_entry,
+                sixteen_concurrent_appenders_get_every_seq_once_in_order,
+                follow_sees_stored_then_live_entries_while_appends_race,
+            ],
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per named check of the conformance module
+/// `$suite`, each calling `$suite::check(&$opener)`; the multi-threaded ones
+/// on 4 worker threads. What [`log_store_conformance!`] and the suites of
+/// other crates (the server's session registry) expand to.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_tests {
+    (@test [$($test:tt)*] $suite:path, $opener:expr, $check:ident) => {
+        #[$($test)*]
+        async fn $check() {
+            use $suite as suite;
+            suite::$check(&$opener).await;
+        }
+    };
+    (
+        $suite:path, $opener:expr,
+        current_thread: [$($check:ident),* $(,)?],
+        multi_thread: [$($concurrent:ident),* $(,)?] $(,)?
+    ) => {
+        $($crate::conformance_tests!(@test [tokio::test] $suite, $opener, $check);)*
+        $($crate::conformance_tests!(
+            @test [tokio::test(flavor = "multi_thread", worker_threads = 4)] $suite, $opener, $concurrent
+        );)*
+    };
 }
