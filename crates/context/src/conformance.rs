@@ -18,10 +18,10 @@ use crate::error::StoreError;
 use crate::follow::Follow;
 use crate::store::LogStore;
 
-/// Opens the stores of one backend for a conformance suite (this one, and any
-/// other store's built the same way). Each check asks for a new [`place`]
-/// (empty storage) and opens a store there; the reopening checks drop that
-/// store and open the same place again.
+/// Opens the stores of one backend for a conformance suite: this one, or
+/// another crate's built the same way (the server's session registry). Each
+/// check asks for a new [`place`] (empty storage) and opens a store there; the
+/// reopening checks drop that store and open the same place again.
 ///
 /// [`place`]: Opener::place
 pub trait Opener {
@@ -37,13 +37,14 @@ pub trait Opener {
     /// A store at `place`, holding what the stores opened there before wrote.
     /// Panics if it cannot be opened: the checks are tests.
     fn open(&self, place: &Self::Place) -> Arc<Self::Store>;
-}
 
-/// A store at a new place, and the place (drop it after the store).
-fn fresh<O: Opener<Store = dyn LogStore>>(opener: &O) -> (O::Place, Arc<dyn LogStore>) {
-    let place = opener.place();
-    let log = opener.open(&place);
-    (place, log)
+    /// A store at a new place, and the place: keep it until the store is
+    /// dropped.
+    fn fresh(&self) -> (Self::Place, Arc<Self::Store>) {
+        let place = self.place();
+        let store = self.open(&place);
+        (place, store)
+    }
 }
 
 fn user(text: &str) -> NewEntry {
@@ -65,7 +66,7 @@ async fn next(follow: &mut Follow) -> Option<Entry> {
 
 /// A session's seqs are 1, 2, 3… in append order, and `last_seq` follows them.
 pub async fn seq_is_dense_from_one<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     assert_eq!(log.last_seq("s").await.unwrap(), 0);
     for i in 1..=5u64 {
         let a = log.append("s", user(&i.to_string())).await.unwrap();
@@ -80,7 +81,7 @@ pub async fn seq_is_dense_from_one<O: Opener<Store = dyn LogStore>>(opener: &O) 
 /// An append with a key already used in the session adds nothing and returns
 /// the original entry, whatever the retry carries; keys are per session.
 pub async fn a_retried_key_returns_the_original<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     let first = log.append("s", user("hello").with_key("m1")).await.unwrap();
     log.append("s", user("other")).await.unwrap();
     let retry = log.append("s", NewEntry::new(Kind::Event, json!("changed")).with_key("m1")).await.unwrap();
@@ -98,7 +99,7 @@ pub async fn a_retried_key_returns_the_original<O: Opener<Store = dyn LogStore>>
 /// Sixteen tasks appending with one key at once add exactly one entry, and
 /// all get it back. Needs a multi-threaded runtime.
 pub async fn concurrent_retries_of_one_key_add_one_entry<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     let tasks: Vec<_> = (0..16)
         .map(|i| {
             let log = log.clone();
@@ -120,7 +121,7 @@ pub async fn concurrent_retries_of_one_key_add_one_entry<O: Opener<Store = dyn L
 pub async fn sixteen_concurrent_appenders_get_every_seq_once_in_order<O: Opener<Store = dyn LogStore>>(opener: &O) {
     const APPENDERS: u64 = 16;
     const EACH: u64 = 50;
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     let tasks: Vec<_> = (0..APPENDERS)
         .map(|a| {
             let log = log.clone();
@@ -155,7 +156,7 @@ pub async fn sixteen_concurrent_appenders_get_every_seq_once_in_order<O: Opener<
 /// `read` returns up to `limit` entries with `seq > after`, in order; an
 /// unknown session has none.
 pub async fn range_reads_honour_after_and_limit<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     for i in 0..10 {
         log.append("s", user(&i.to_string())).await.unwrap();
     }
@@ -182,7 +183,7 @@ pub async fn range_reads_honour_after_and_limit<O: Opener<Store = dyn LogStore>>
 /// more. Needs a multi-threaded runtime.
 pub async fn follow_sees_stored_then_live_entries_while_appends_race<O: Opener<Store = dyn LogStore>>(opener: &O) {
     const TOTAL: u64 = 600;
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     for i in 0..5 {
         log.append("s", user(&i.to_string())).await.unwrap();
     }
@@ -222,7 +223,7 @@ pub async fn follow_sees_stored_then_live_entries_while_appends_race<O: Opener<S
 /// A follow stream ends when its session is deleted, and when the last handle
 /// of the store is dropped.
 pub async fn follow_ends_when_the_session_is_deleted_or_the_store_closes<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     log.append("s", user("a")).await.unwrap();
     let mut deleted = log.follow("s", 0).await.unwrap();
     assert_eq!(next(&mut deleted).await.unwrap().seq, 1);
@@ -259,7 +260,7 @@ pub async fn reopening_keeps_entries_and_continues_seq<O: Opener<Store = dyn Log
 /// [`StoreError::Invalid`] with the [`EntryError`] saying why, and change
 /// nothing.
 pub async fn bad_input_is_a_clear_error_and_changes_nothing<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     fn invalid<T>(r: Result<T, StoreError>) -> EntryError {
         match r {
             Err(StoreError::Invalid(e)) => e,
@@ -284,7 +285,7 @@ pub async fn bad_input_is_a_clear_error_and_changes_nothing<O: Opener<Store = dy
 /// Sessions have their own seqs; `sessions` lists them by id; deleting one
 /// returns its entry count, leaves the others alone and restarts it at seq 1.
 pub async fn sessions_are_independent<O: Opener<Store = dyn LogStore>>(opener: &O) {
-    let (_place, log) = fresh(opener);
+    let (_place, log) = opener.fresh();
     for i in 0..4 {
         assert_eq!(log.append("a", user("x")).await.unwrap().entry.seq, i + 1);
         if i < 2 {

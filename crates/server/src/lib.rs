@@ -56,7 +56,7 @@ impl Server {
     pub async fn bind(home: &Path, listen: SocketAddr, backend: Arc<dyn Backend>) -> Result<Server, ServerError> {
         std::fs::create_dir_all(home)?;
         let token = auth::load_or_create(home)?;
-        let sessions = Sessions::open(home, backend)?;
+        let sessions = Sessions::open(home, backend).await?;
         let listener = TcpListener::bind(listen).await?;
         Ok(Server { listener, router: api::router(sessions, token) })
     }

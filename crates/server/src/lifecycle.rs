@@ -15,7 +15,7 @@ use crate::relay::{Relay, RelayEvent};
 use crate::sessions::{SessionError, Shared};
 use hiber_common::unix_ms as now_ms;
 
-use crate::store::{SessionRecord, State};
+use crate::store::{SessionRecord, State, StoreError};
 
 /// How often, and how many times, a closed relay's sandbox is checked for death.
 const DEATH_CHECKS: usize = 20;
@@ -141,19 +141,26 @@ impl Task {
         }
     }
 
-    /// Saves the record with `state`.
-    fn save(&mut self, state: State) {
+    /// Saves the record with `state`; a failure is logged and the task
+    /// carries on with the record it holds.
+    async fn save(&mut self, state: State) {
         self.record.state = state;
-        if let Err(e) = self.shared.store.put(&mut self.record) {
+        if let Err(e) = self.persist().await {
             eprintln!("hiber serve: session {}: {e}", self.record.id);
         }
     }
 
-    fn fail(&mut self, why: String) {
+    /// Writes the record to the registry and keeps the copy stamped there.
+    async fn persist(&mut self) -> Result<(), StoreError> {
+        self.record = self.shared.store.put(self.record.clone()).await?;
+        Ok(())
+    }
+
+    async fn fail(&mut self, why: String) {
         eprintln!("hiber serve: session {} failed: {why}", self.record.id);
         self.record.error = Some(why);
         self.relay = None;
-        self.save(State::Failed);
+        self.save(State::Failed).await;
         self.release_waiters();
     }
 
@@ -176,12 +183,12 @@ impl Task {
                 // A suspend finished but its record was not written.
                 self.adopt_snapshot(snapshot).await;
                 let state = if state == State::Sleeping { State::Sleeping } else { State::Suspended };
-                self.save(state);
+                self.save(state).await;
             }
             _ if matches!(state, State::Running | State::Idle) => self.recover().await,
             _ => {
                 self.record.sandbox = None;
-                self.save(state);
+                self.save(state).await;
             }
         }
     }
@@ -300,7 +307,7 @@ impl Task {
                 self.record.state = State::Running;
                 self.idle_deadline = None;
                 // The cursor is durable before the agent sees the message.
-                if let Err(e) = self.shared.store.put(&mut self.record) {
+                if let Err(e) = self.persist().await {
                     self.record.cursor = previous;
                     return eprintln!("hiber serve: session {id}: message not delivered: {e}");
                 }
@@ -311,7 +318,7 @@ impl Task {
                 self.recoveries = 0;
                 self.idle_deadline = Some(Instant::now() + Duration::from_secs(self.record.idle_timeout_s));
                 if self.record.state != State::Idle {
-                    self.save(State::Idle);
+                    self.save(State::Idle).await;
                 }
                 self.release_waiters();
             }
@@ -341,14 +348,14 @@ impl Task {
         match self.record.wake_at {
             Some(at) if at <= now_ms() => {
                 self.record.wake_at = None;
-                self.save(State::Running);
+                self.save(State::Running).await;
                 self.answer(call, ok(Value::Null));
             }
             Some(_) => self.pending_sleep = Some(call),
             None => {
                 self.record.wake_at = Some(now_ms() + (seconds * 1000.0) as u64);
                 self.pending_sleep = Some(call);
-                self.save(State::Sleeping);
+                self.save(State::Sleeping).await;
                 self.release_waiters();
                 self.suspend(State::Sleeping).await;
             }
@@ -393,7 +400,7 @@ impl Task {
             Ok(manifest) => {
                 self.shared.metrics.snapshot.observe(started.elapsed());
                 self.adopt_snapshot(manifest.id).await;
-                self.save(state);
+                self.save(state).await;
             }
             Err(e) => {
                 eprintln!("hiber serve: session {}: snapshot failed: {e}", self.record.id);
@@ -412,9 +419,7 @@ impl Task {
         let previous = self.record.snapshot.replace(snapshot);
         self.record.snapshot_cursor = self.record.cursor;
         let sandbox = self.record.sandbox.take();
-        if let Err(e) = self.shared.store.put(&mut self.record) {
-            eprintln!("hiber serve: session {}: {e}", self.record.id);
-        }
+        self.save(self.record.state).await;
         let cleanup = self
             .shared
             .blocking(move |b| {
@@ -441,7 +446,7 @@ impl Task {
                 self.shared.metrics.restore.observe(started.elapsed());
                 self.record.sandbox = Some(info.id);
                 let state = if self.record.state == State::Sleeping { State::Sleeping } else { State::Running };
-                self.save(state);
+                self.save(state).await;
                 self.attach().await;
             }
             Err(e) => self.fresh(format!("restore failed: {e}")).await,
@@ -454,13 +459,13 @@ impl Task {
         self.recoveries += 1;
         if self.recoveries > MAX_RECOVERIES {
             let why = format!("the agent's sandbox died {MAX_RECOVERIES} times in a row before the agent waited again");
-            return self.fail(why);
+            return self.fail(why).await;
         }
         if let Some(dead) = self.record.sandbox.take() {
             let _ = self.shared.blocking(move |b| b.remove(&dead, true)).await;
         }
         self.record.cursor = self.record.snapshot_cursor;
-        self.save(self.record.state);
+        self.save(self.record.state).await;
         self.restore().await;
     }
 
@@ -472,10 +477,10 @@ impl Task {
         match self.shared.fresh_sandbox(&record).await {
             Ok(info) => {
                 self.record.sandbox = Some(info.id);
-                self.save(State::Running);
+                self.save(State::Running).await;
                 self.attach().await;
             }
-            Err(e) => self.fail(format!("{why}; a fresh sandbox failed too: {e}")),
+            Err(e) => self.fail(format!("{why}; a fresh sandbox failed too: {e}")).await,
         }
     }
 
@@ -521,7 +526,7 @@ impl Task {
             })
             .await?;
         self.shared.log.delete_session(&self.record.id).await?;
-        self.shared.store.delete(&self.record.id)?;
+        self.shared.store.delete(&self.record.id).await?;
         self.shared.forget(&self.record.id);
         self.release_waiters();
         Ok(())

@@ -3,7 +3,7 @@
 //! task.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use hiber_context::{Entry, Kind, LogStore, NewEntry};
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::lifecycle::{self, Command, Turn};
 use crate::metrics::Metrics;
-use crate::store::{SessionRecord, SessionStore, State, StoreError};
+use crate::store::{SessionRecord, SessionStore, SqliteSessions, State, StoreError};
 
 /// Seconds an agent may wait for a message before it is suspended, by default.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3;
@@ -79,10 +79,8 @@ pub struct SessionView {
 
 /// What the manager and the session tasks share.
 pub struct Shared {
-    /// The state root.
-    pub home: PathBuf,
     /// The session registry.
-    pub store: SessionStore,
+    pub store: Arc<dyn SessionStore>,
     /// The context logs.
     pub log: Arc<dyn LogStore>,
     /// The sandboxes.
@@ -136,21 +134,28 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens the registry and context log under `home` and resumes every
-    /// saved session on `backend` (must run inside a tokio runtime).
-    pub fn open(home: &Path, backend: Arc<dyn Backend>) -> Result<Sessions, crate::ServerError> {
-        let store = SessionStore::open(&home.join("sessions.db"))?;
-        let log: Arc<dyn LogStore> = Arc::new(hiber_context::SqliteLog::open(home.join("context.db"))?);
-        let shared = Arc::new(Shared {
-            home: home.to_owned(),
-            store,
-            log,
-            backend,
-            metrics: Metrics::default(),
-            tasks: Mutex::new(HashMap::new()),
-        });
+    /// Opens the registry (`sessions.db`) and the context log (`context.db`)
+    /// under `home` and resumes every saved session on `backend` (must run
+    /// inside a tokio runtime).
+    pub async fn open(home: &Path, backend: Arc<dyn Backend>) -> Result<Sessions, crate::ServerError> {
+        let store = Arc::new(SqliteSessions::open(&home.join("sessions.db"))?);
+        let log = Arc::new(hiber_context::SqliteLog::open(home.join("context.db"))?);
+        Ok(Sessions::with_stores(backend, store, log).await?)
+    }
+
+    /// Uses `store` as the registry and `log` as the context log, and
+    /// resumes every session saved in `store` on `backend` (must run inside a
+    /// tokio runtime).
+    pub async fn with_stores(
+        backend: Arc<dyn Backend>,
+        store: Arc<dyn SessionStore>,
+        log: Arc<dyn LogStore>,
+    ) -> Result<Sessions, StoreError> {
+        let saved = store.list().await?;
+        let shared =
+            Arc::new(Shared { store, log, backend, metrics: Metrics::default(), tasks: Mutex::new(HashMap::new()) });
         let sessions = Sessions { shared };
-        for record in sessions.shared.store.list()? {
+        for record in saved {
             sessions.spawn(record);
         }
         Ok(sessions)
@@ -201,7 +206,7 @@ impl Sessions {
                 if req.command.is_empty() {
                     return Err(SessionError::Invalid("a session from an image needs a command".into()));
                 }
-                self.shared.store.put(&mut record)?;
+                record = self.shared.store.put(record).await?;
                 self.shared.fresh_sandbox(&record).await
             }
             (None, Some(snapshot)) => {
@@ -214,7 +219,7 @@ impl Sessions {
                 if record.command.is_empty() {
                     record.command = manifest.main.as_ref().map(|m| m.argv.clone()).unwrap_or_default();
                 }
-                self.shared.store.put(&mut record)?;
+                record = self.shared.store.put(record).await?;
                 let id = manifest.id.clone();
                 self.shared.blocking(move |b| b.restore(&id, None)).await
             }
@@ -223,19 +228,19 @@ impl Sessions {
         let info = match info {
             Ok(info) => info,
             Err(e) => {
-                self.shared.store.delete(&record.id)?;
+                self.shared.store.delete(&record.id).await?;
                 return Err(e);
             }
         };
         record.sandbox = Some(info.id);
-        self.shared.store.put(&mut record)?;
+        let record = self.shared.store.put(record).await?;
         self.spawn(record.clone());
         Ok(SessionView { record, last_seq: 0 })
     }
 
     /// One session.
     pub async fn get(&self, id: &str) -> Result<SessionView, SessionError> {
-        let record = self.shared.store.get(id)?.ok_or_else(|| SessionError::NotFound(id.into()))?;
+        let record = self.shared.store.get(id).await?.ok_or_else(|| SessionError::NotFound(id.into()))?;
         let last_seq = self.shared.log.last_seq(id).await?;
         Ok(SessionView { record, last_seq })
     }
@@ -243,7 +248,7 @@ impl Sessions {
     /// Every session, oldest first.
     pub async fn list(&self) -> Result<Vec<SessionView>, SessionError> {
         let mut out = Vec::new();
-        for record in self.shared.store.list()? {
+        for record in self.shared.store.list().await? {
             let last_seq = self.shared.log.last_seq(&record.id).await?;
             out.push(SessionView { record, last_seq });
         }
@@ -251,8 +256,8 @@ impl Sessions {
     }
 
     /// How many sessions are in each state.
-    pub fn count_by_state(&self) -> Result<Vec<(State, usize)>, SessionError> {
-        let records = self.shared.store.list()?;
+    pub async fn count_by_state(&self) -> Result<Vec<(State, usize)>, SessionError> {
+        let records = self.shared.store.list().await?;
         Ok(State::ALL.iter().map(|s| (*s, records.iter().filter(|r| r.state == *s).count())).collect())
     }
 

@@ -24,7 +24,7 @@ pub async fn openapi() -> impl IntoResponse {
 
 /// Prometheus metrics.
 pub async fn metrics(State(sessions): State<Sessions>) -> Result<impl IntoResponse, ApiError> {
-    let by_state = sessions.count_by_state()?;
+    let by_state = sessions.count_by_state().await?;
     let text = sessions.shared().metrics.render(&by_state);
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
