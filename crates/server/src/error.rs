@@ -75,9 +75,9 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-impl From<crate::sessions::SessionError> for ApiError {
-    fn from(error: crate::sessions::SessionError) -> ApiError {
-        use crate::sessions::SessionError as E;
+impl From<crate::shared::SessionError> for ApiError {
+    fn from(error: crate::shared::SessionError) -> ApiError {
+        use crate::shared::SessionError as E;
         match error {
             E::NotFound(_) => ApiError::NotFound(error.to_string()),
             E::Invalid(_) => ApiError::BadRequest(error.to_string()),

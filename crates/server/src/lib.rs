@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod relay;
 pub mod sessions;
+pub mod shared;
 pub mod store;
 
 use std::net::SocketAddr;

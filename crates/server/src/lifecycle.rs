@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::relay::{Relay, RelayEvent};
-use crate::sessions::{SessionError, Shared};
+use crate::shared::{Command, SessionError, Shared, Turn};
 use hiber_common::unix_ms as now_ms;
 
 use crate::store::{SessionRecord, State, StoreError};
@@ -26,31 +26,6 @@ const HISTORY_LIMIT: usize = 1_000;
 const HISTORY_BYTES: usize = 768 << 10;
 /// Recoveries in a row without the agent finishing a turn before the session fails.
 const MAX_RECOVERIES: u32 = 3;
-
-/// What the manager asks a session's task.
-pub enum Command {
-    /// Append a user message and deliver it.
-    Message {
-        /// The entry.
-        entry: NewEntry,
-        /// The turn, once the entry is durable.
-        reply: oneshot::Sender<Result<Turn, SessionError>>,
-    },
-    /// Delete the session and everything it has.
-    Delete {
-        /// Done.
-        reply: oneshot::Sender<Result<(), SessionError>>,
-    },
-}
-
-/// A message that was appended: the agent's entries follow `user_seq`, and
-/// `done` gives the last seq of the turn when the agent waits again.
-pub struct Turn {
-    /// The user entry's seq.
-    pub user_seq: u64,
-    /// Fires when the agent waits again, with the log's last seq then.
-    pub done: oneshot::Receiver<u64>,
-}
 
 /// Starts the task of `record`; returns its command channel.
 pub fn spawn(shared: Arc<Shared>, record: SessionRecord) -> mpsc::UnboundedSender<Command> {

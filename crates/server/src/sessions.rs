@@ -2,49 +2,22 @@
 //! hands each live session's work to its [`lifecycle`](crate::lifecycle)
 //! task.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hiber_context::{Entry, Kind, LogStore, NewEntry};
-use hiber_proto::ProcessSpec;
-use hiber_sandbox::{Backend, SandboxError, SandboxInfo, SandboxSpec};
+use hiber_sandbox::{Backend, SandboxError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::lifecycle::{self, Command, Turn};
-use crate::metrics::Metrics;
+use crate::lifecycle;
+use crate::shared::{Command, SessionError, Shared, Turn};
 use crate::store::{SessionRecord, SessionStore, SqliteSessions, State, StoreError};
 
 /// Seconds an agent may wait for a message before it is suspended, by default.
 pub const DEFAULT_IDLE_TIMEOUT_S: u64 = 3;
-
-/// Errors of session operations.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// No such session.
-    #[error("no session '{0}'")]
-    NotFound(String),
-    /// A bad request.
-    #[error("{0}")]
-    Invalid(String),
-    /// The session cannot do this in its state.
-    #[error("{0}")]
-    Conflict(String),
-    /// The registry failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The context log failed.
-    #[error(transparent)]
-    Log(#[from] hiber_context::StoreError),
-    /// The sandbox backend failed.
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    /// A blocking task panicked or the session's task is gone.
-    #[error("the session's task stopped: {0}")]
-    Stopped(String),
-}
 
 /// `POST /v1/sessions`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -77,56 +50,6 @@ pub struct SessionView {
     pub last_seq: u64,
 }
 
-/// What the manager and the session tasks share.
-pub struct Shared {
-    /// The session registry.
-    pub store: Arc<dyn SessionStore>,
-    /// The context logs.
-    pub log: Arc<dyn LogStore>,
-    /// The sandboxes.
-    pub backend: Arc<dyn Backend>,
-    /// Counters.
-    pub metrics: Metrics,
-    tasks: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
-}
-
-impl Shared {
-    /// Runs blocking backend work off the runtime.
-    pub async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&dyn Backend) -> Result<T, SandboxError> + Send + 'static,
-    ) -> Result<T, SessionError> {
-        let backend = self.backend.clone();
-        tokio::task::spawn_blocking(move || work(&*backend))
-            .await
-            .map_err(|e| SessionError::Stopped(e.to_string()))?
-            .map_err(SessionError::from)
-    }
-
-    /// Creates a fresh sandbox running the session's agent.
-    pub async fn fresh_sandbox(&self, record: &SessionRecord) -> Result<SandboxInfo, SessionError> {
-        let image_name =
-            record.image.clone().ok_or_else(|| SessionError::Invalid("the session has no image".into()))?;
-        let mut env: Vec<String> = record.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.push(format!("HIBER_SESSION={}", record.id));
-        let spec = SandboxSpec {
-            name: None,
-            image: image_name,
-            limits: Default::default(),
-            main: Some(ProcessSpec { env, ..ProcessSpec::command(record.command.clone()) }),
-        };
-        self.blocking(move |b| b.create(spec)).await.map_err(|e| match e {
-            SessionError::Sandbox(e @ SandboxError::Image(_)) => SessionError::Invalid(e.to_string()),
-            e => e,
-        })
-    }
-
-    /// Forgets a session's task (it ended).
-    pub fn forget(&self, id: &str) {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-    }
-}
-
 /// The session manager.
 #[derive(Clone)]
 pub struct Sessions {
@@ -152,9 +75,7 @@ impl Sessions {
         log: Arc<dyn LogStore>,
     ) -> Result<Sessions, StoreError> {
         let saved = store.list().await?;
-        let shared =
-            Arc::new(Shared { store, log, backend, metrics: Metrics::default(), tasks: Mutex::new(HashMap::new()) });
-        let sessions = Sessions { shared };
+        let sessions = Sessions { shared: Arc::new(Shared::new(store, log, backend)) };
         for record in saved {
             sessions.spawn(record);
         }
@@ -168,18 +89,7 @@ impl Sessions {
 
     fn spawn(&self, record: SessionRecord) {
         let id = record.id.clone();
-        let tx = lifecycle::spawn(self.shared.clone(), record);
-        self.shared.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
-    }
-
-    fn task(&self, id: &str) -> Result<mpsc::UnboundedSender<Command>, SessionError> {
-        self.shared
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| SessionError::NotFound(id.into()))
+        self.shared.add_task(id, lifecycle::spawn(self.shared.clone(), record));
     }
 
     /// Creates a session and starts its sandbox.
@@ -270,7 +180,7 @@ impl Sessions {
     /// Appends a user message and has it delivered; the turn tells when the
     /// agent waits again.
     pub async fn send(&self, id: &str, content: Value) -> Result<Turn, SessionError> {
-        let task = self.task(id)?;
+        let task = self.shared.task(id)?;
         let (reply, answer) = oneshot::channel();
         task.send(Command::Message { entry: NewEntry::new(Kind::User, content), reply })
             .map_err(|_| SessionError::NotFound(id.into()))?;
@@ -279,7 +189,7 @@ impl Sessions {
 
     /// Deletes a session: its sandbox, its snapshots, its log, its record.
     pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
-        let task = self.task(id)?;
+        let task = self.shared.task(id)?;
         let (reply, answer) = oneshot::channel();
         task.send(Command::Delete { reply }).map_err(|_| SessionError::NotFound(id.into()))?;
         answer.await.map_err(|_| SessionError::NotFound(id.into()))?
