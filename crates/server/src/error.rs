@@ -1,7 +1,7 @@
 //! The API's errors: one JSON shape, `{"error": {"code", "message"}}`, with
 //! the status code that says whose fault it was.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -56,16 +56,6 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = json!({"error": {"code": code, "message": self.to_string()}});
         (status, axum::Json(body)).into_response()
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> ApiError {
-        match rejection.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(crate::api::BODY_LIMIT),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(rejection.body_text()),
-            _ => ApiError::BadRequest(rejection.body_text()),
-        }
     }
 }
 

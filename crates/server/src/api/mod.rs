@@ -5,8 +5,9 @@ mod system;
 
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -49,5 +50,17 @@ async fn refuse_announced_oversize(request: Request, next: Next) -> Response {
     match announced {
         Some(length) if length > BODY_LIMIT as u64 => ApiError::TooLarge(BODY_LIMIT).into_response(),
         _ => next.run(request).await,
+    }
+}
+
+/// A body over [`BODY_LIMIT`] is 413, one that is not JSON 415, any other
+/// bad body 400.
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(BODY_LIMIT),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(rejection.body_text()),
+            _ => ApiError::BadRequest(rejection.body_text()),
+        }
     }
 }
