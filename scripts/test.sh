@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test of hiber: sets the machine up (idempotent, cached), lints the scripts, checks
-# the Rust formatting and clippy's lints, builds, proves that set-up works from scratch
-# (scripts/check-fresh-setup.sh), then runs the Rust unit and end-to-end tests (real sandboxes,
-# so as root) and the Python SDKs' tests (the in-sandbox `hiber` module against the real
-# hiber-init, the client against a real `hiber serve`). Every part runs even when an earlier one
-# failed; the status says whether all passed, and the last lines name those that did not.
+# the Rust formatting, that no two modules of a crate import each other and clippy's lints,
+# builds, proves that set-up works from scratch (scripts/check-fresh-setup.sh), then runs the
+# Rust unit and end-to-end tests (real sandboxes, so as root) and the Python SDKs' tests (the
+# in-sandbox `hiber` module against the real hiber-init, the client against a real
+# `hiber serve`). Every part runs even when an earlier one failed; the status says whether all
+# passed, and the last lines name those that did not.
 #
 #   scripts/test.sh [extra cargo test-runner arguments]
 set -euo pipefail
@@ -26,6 +27,7 @@ part() {
 
 part "shell scripts (shellcheck, no shadowed commands)" bash scripts/lint.sh
 part "Rust formatting (rustfmt.toml)" cargo fmt --all --check
+part "no import circles between the modules of a crate" python3 scripts/check-import-circles.py
 part "Rust lints (clippy, warnings are errors)" cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the hiber and hiber-init binaries.
 cargo build --workspace --locked 2>&1 | tail -n 3
