@@ -1,6 +1,5 @@
 //! The session manager: creates, lists, shows and deletes sessions, and
-//! hands each live session's work to its [`lifecycle`](crate::lifecycle)
-//! task.
+//! hands each live session's work to its [`lifecycle`] task.
 
 use std::collections::BTreeMap;
 use std::path::Path;
