@@ -9,7 +9,8 @@ use hiber_sandbox::fake::{FakeBackend, AGENT};
 use hiber_sandbox::Backend;
 use serde_json::{json, Value};
 
-use crate::sessions::{CreateSession, SessionError, Sessions};
+use crate::sessions::{CreateSession, Sessions};
+use crate::shared::SessionError;
 use crate::store::{SessionRecord, State};
 
 /// How long a test waits for a transition before it fails.
@@ -23,10 +24,10 @@ struct Harness {
 }
 
 impl Harness {
-    fn new() -> Harness {
+    async fn new() -> Harness {
         let home = tempfile::tempdir().unwrap();
         let backend = Arc::new(FakeBackend::new());
-        let sessions = Sessions::open(home.path(), backend.clone()).unwrap();
+        let sessions = Sessions::open(home.path(), backend.clone()).await.unwrap();
         Harness { _home: home, backend, sessions }
     }
 
@@ -91,7 +92,7 @@ impl Harness {
 
 #[tokio::test]
 async fn an_idle_agent_is_suspended_and_a_message_wakes_it() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let id = h.agent().await;
     h.turn(&id, json!({"text": "hi"})).await;
     assert_eq!(h.said(&id).await, [json!({"text": "echo: hi"})]);
@@ -110,7 +111,7 @@ async fn an_idle_agent_is_suspended_and_a_message_wakes_it() {
 
 #[tokio::test]
 async fn a_sleeping_agent_is_suspended_until_its_time() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let id = h.agent().await;
     // The turn ends when the agent goes to sleep.
     h.turn(&id, json!({"sleep": 0.3, "text": "nap"})).await;
@@ -127,7 +128,7 @@ async fn a_sleeping_agent_is_suspended_until_its_time() {
 
 #[tokio::test]
 async fn a_dead_sandbox_is_recovered_from_its_last_snapshot() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let id = h.agent().await;
     h.turn(&id, json!({"text": "one"})).await;
     h.until(&id, "suspended", |r| r.state == State::Suspended).await;
@@ -149,7 +150,7 @@ async fn a_dead_sandbox_is_recovered_from_its_last_snapshot() {
 
 #[tokio::test]
 async fn an_unusable_snapshot_gives_a_fresh_sandbox() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let id = h.agent().await;
     h.turn(&id, json!({"text": "before"})).await;
     let suspended = h.until(&id, "suspended", |r| r.state == State::Suspended).await;
@@ -164,7 +165,7 @@ async fn an_unusable_snapshot_gives_a_fresh_sandbox() {
 
 #[tokio::test]
 async fn a_crash_loop_fails_the_session() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let id = h.agent().await;
     // No snapshot yet: every recovery starts afresh and is handed the crash again.
     h.turn(&id, json!({"crash": true})).await;
@@ -182,7 +183,7 @@ async fn a_crash_loop_fails_the_session() {
 
 #[tokio::test]
 async fn a_failed_start_is_an_error_and_leaves_no_session() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     h.backend.fail_next_create();
     let request = CreateSession { image: Some("busybox".into()), command: vec![AGENT.into()], ..Default::default() };
     assert!(matches!(h.sessions.create(request).await, Err(SessionError::Sandbox(_))));
@@ -193,7 +194,7 @@ async fn a_failed_start_is_an_error_and_leaves_no_session() {
 
 #[tokio::test]
 async fn deleting_a_session_leaves_nothing() {
-    let h = Harness::new();
+    let h = Harness::new().await;
     let id = h.agent().await;
     h.turn(&id, json!({"text": "hi"})).await;
     h.sessions.delete(&id).await.unwrap();
