@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of hiber: sets the machine up (idempotent, cached), lints the scripts, checks
-# the Rust formatting, that no two modules of a crate import each other and clippy's lints,
+# the Rust formatting, that no two modules of a crate import each other, clippy's lints and the
+# docs' links,
 # builds, proves that set-up works from scratch (scripts/check-fresh-setup.sh), then runs the
 # Rust unit and end-to-end tests (real sandboxes, so as root) and the Python SDKs' tests (the
 # in-sandbox `hiber` module against the real hiber-init, the client against a real
@@ -29,6 +30,7 @@ part "shell scripts (shellcheck, no shadowed commands)" bash scripts/lint.sh
 part "Rust formatting (rustfmt.toml)" cargo fmt --all --check
 part "no import circles between the modules of a crate" python3 scripts/check-import-circles.py
 part "Rust lints (clippy, warnings are errors)" cargo clippy --workspace --all-targets --locked -- -D warnings
+part "Rust docs (no broken links)" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 # The end-to-end tests run the hiber and hiber-init binaries.
 cargo build --workspace --locked 2>&1 | tail -n 3
 part "set-up from scratch" bash scripts/check-fresh-setup.sh target/x86_64-unknown-linux-gnu/debug/hiber

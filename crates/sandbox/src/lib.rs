@@ -2,7 +2,7 @@
 //!
 //! [`Backend`] is the one way in: callers hold an `Arc<dyn Backend>`. [`ContainerBackend`]
 //! implements it with Linux namespaces, cgroups, an overlayfs root and CRIU, with `hiber-init`
-//! as PID 1; with the `fake` feature, [`fake::FakeBackend`] implements it in memory for tests
+//! as PID 1; with the `fake` feature, `fake::FakeBackend` implements it in memory for tests
 //! that need no root. Both pass [`conformance`], which is always compiled so that any backend's
 //! tests can run it. Snapshots go through the [`SnapshotStore`] seam.
 

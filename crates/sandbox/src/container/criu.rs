@@ -70,7 +70,7 @@ pub struct Criu {
 }
 
 impl Criu {
-    /// Finds CRIU: `$HIBER_CRIU`, then [`INSTALLED`], then `criu` on PATH.
+    /// Finds CRIU: `$HIBER_CRIU`, then `/opt/hiber/bin/criu`, then `criu` on PATH.
     pub fn locate() -> Result<Criu, CriuError> {
         let path = match std::env::var_os("HIBER_CRIU") {
             // Chosen explicitly: that one or none.
