@@ -180,7 +180,12 @@ impl TestServer {
 
     /// The sandbox backend on this home.
     pub fn backend(&self) -> ContainerBackend {
-        ContainerBackend::open(self.path()).unwrap()
+        self.open_backend().unwrap()
+    }
+
+    /// The one place the tests make the backend the server runs on.
+    fn open_backend(&self) -> Result<ContainerBackend, hiber_sandbox::SandboxError> {
+        ContainerBackend::open(self.path())
     }
 }
 
@@ -207,7 +212,7 @@ pub fn sse(body: impl Read) -> impl Iterator<Item = (String, String)> {
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown();
-        if let Ok(backend) = ContainerBackend::open(self.path()) {
+        if let Ok(backend) = self.open_backend() {
             for s in backend.list().unwrap_or_default() {
                 let _ = backend.remove(&s.id, true);
             }
