@@ -86,13 +86,13 @@ pub fn names_are_unique_and_bad_keys_are_refused(store: &dyn SnapshotStore, scra
 
 /// Snapshots are listed oldest first, and a removed one is gone whole while others stay.
 pub fn removal_leaves_the_others(store: &dyn SnapshotStore, scratch: &Path) {
-    let first = commit(store, scratch, Some("a"), &[("f", b"a")]);
-    let second = commit(store, scratch, Some("b"), &[("f", b"b")]);
+    let first = commit(store, scratch, Some("one"), &[("f", b"a")]);
+    let second = commit(store, scratch, Some("two"), &[("f", b"b")]);
     let listed: Vec<String> = store.list().into_iter().map(|m| m.id).collect();
     assert_eq!(listed.len(), 2);
     assert!(listed.contains(&first) && listed.contains(&second));
     store.remove(&first).expect("remove");
-    assert!(matches!(store.resolve("a"), Err(StoreError::NotFound(_))));
+    assert!(matches!(store.resolve("one"), Err(StoreError::NotFound(_))));
     assert!(store.remove(&first).is_err(), "removing twice is an error");
     assert_eq!(store.list().into_iter().map(|m| m.id).collect::<Vec<_>>(), std::slice::from_ref(&second));
     assert_eq!(fs::read(store.open(&second).expect("open").join("f")).expect("f"), b"b");
