@@ -175,6 +175,11 @@ pub struct RunArgs {
     /// Maximum number of processes.
     #[arg(long, value_name = "N")]
     pub pids: Option<String>,
+    /// A confinement option: `seccomp=unconfined` runs the sandbox without the default seccomp
+    /// filter (which makes calls into the host's kernel, e.g. module loading, bpf, keyctl,
+    /// setting the clock, fail with EPERM).
+    #[arg(long, value_name = "OPT")]
+    pub security_opt: Vec<String>,
     #[command(flatten)]
     pub process: ProcessArgs,
     /// Image to start from (see `hiber images`).

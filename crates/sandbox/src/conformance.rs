@@ -49,7 +49,13 @@ impl<'a> Scratch<'a> {
     }
 
     fn spec(&self, name: Option<String>) -> SandboxSpec {
-        SandboxSpec { name, image: self.image.into(), limits: Default::default(), main: None }
+        SandboxSpec {
+            name,
+            image: self.image.into(),
+            limits: Default::default(),
+            main: None,
+            seccomp: Default::default(),
+        }
     }
 
     /// Creates a sandbox from `spec`, to be removed at the end.

@@ -18,6 +18,9 @@ pub enum SpecError {
     /// A sandbox name with characters that are not allowed.
     #[error("invalid sandbox name '{0}': use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit, and not 12 hex digits like an id")]
     Name(String),
+    /// A `--security-opt` hiber does not know.
+    #[error("unknown security option '{0}': hiber knows seccomp=default and seccomp=unconfined")]
+    SecurityOpt(String),
 }
 
 /// Resource limits, enforced through cgroups. `None` means unlimited.
@@ -95,6 +98,33 @@ pub struct SandboxSpec {
     /// The main process, started at boot with its output in the log;
     /// without one the sandbox idles until it is stopped.
     pub main: Option<ProcessSpec>,
+    /// The seccomp filter (a restored sandbox keeps the one it was snapshotted with).
+    #[serde(default)]
+    pub seccomp: Seccomp,
+}
+
+/// Whether a sandbox's processes run under the default seccomp filter (system calls that reach
+/// past the sandbox into the host's kernel fail with `EPERM`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Seccomp {
+    /// The default filter.
+    #[default]
+    Default,
+    /// No filter (`--security-opt seccomp=unconfined`).
+    Unconfined,
+}
+
+impl Seccomp {
+    /// The choice made by `--security-opt` options (`seccomp=default`, `seccomp=unconfined`;
+    /// the last one wins).
+    pub fn from_security_opts(options: &[String]) -> Result<Seccomp, SpecError> {
+        options.iter().try_fold(Seccomp::Default, |_, option| match option.as_str() {
+            "seccomp=default" => Ok(Seccomp::Default),
+            "seccomp=unconfined" => Ok(Seccomp::Unconfined),
+            other => Err(SpecError::SecurityOpt(other.into())),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +151,16 @@ mod tests {
         assert_eq!(Limits::parse_pids("64").unwrap(), 64);
         assert!(Limits::parse_pids("0").is_err());
         assert!(Limits::parse_pids("-3").is_err());
+    }
+
+    #[test]
+    fn security_options_choose_the_filter() {
+        let opts = |o: &[&str]| Seccomp::from_security_opts(&o.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(opts(&[]).unwrap(), Seccomp::Default);
+        assert_eq!(opts(&["seccomp=unconfined"]).unwrap(), Seccomp::Unconfined);
+        assert_eq!(opts(&["seccomp=unconfined", "seccomp=default"]).unwrap(), Seccomp::Default);
+        let err = opts(&["apparmor=x"]).unwrap_err().to_string();
+        assert!(err.contains("unknown security option 'apparmor=x'"), "{err}");
     }
 
     #[test]

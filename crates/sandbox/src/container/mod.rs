@@ -10,6 +10,7 @@ mod overlay;
 pub mod preflight;
 mod record;
 mod runtime;
+mod seccomp;
 mod spawn;
 
 use std::fs::{self, File};
@@ -292,7 +293,7 @@ impl Backend for ContainerBackend {
         let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
         lowers.extend(images.lower_dirs(&image));
         let record = SandboxRecord::new(spec.name, image.name.clone(), lowers, None, spec.limits, spec.main);
-        self.launch_sandbox(record, Start::Fresh)
+        self.launch_sandbox(record, Start::Fresh { seccomp: spec.seccomp })
     }
 
     fn find(&self, key: &str) -> Result<SandboxInfo, SandboxError> {

@@ -10,7 +10,7 @@ use super::init_layer;
 /// One prerequisite and whether it is met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// What is checked: `root`, `overlayfs`, `cgroups`, `hiber-init` or `criu`.
+    /// What is checked: `root`, `overlayfs`, `cgroups`, `seccomp`, `hiber-init` or `criu`.
     pub what: &'static str,
     /// Whether it is there.
     pub ok: bool,
@@ -44,9 +44,21 @@ pub fn checks() -> Vec<Check> {
             Hierarchy::V1(_) => "cgroup v1 (memory, cpu, pids, freezer)".into(),
             Hierarchy::V2(root) => format!("cgroup v2 at {}", root.display()),
         }),
+        check("seccomp", seccomp_errno(), |()| "filters that answer EPERM (the sandboxes' default filter)".into()),
         check("hiber-init", init_layer::locate_binary(), |p| p.display().to_string()),
         check("criu", Criu::locate(), |c| format!("{} at {}", c.version, c.path.display())),
     ]
+}
+
+/// Whether the kernel runs seccomp filters whose action is an errno.
+fn seccomp_errno() -> Result<(), String> {
+    let path = "/proc/sys/kernel/seccomp/actions_avail";
+    let actions =
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}: the kernel has no seccomp filters"))?;
+    match actions.split_whitespace().any(|a| a == "errno") {
+        true => Ok(()),
+        false => Err(format!("{path} lacks 'errno': the kernel cannot refuse calls with EPERM")),
+    }
 }
 
 /// For test harnesses: true when every check of `needs` passes. Otherwise
@@ -70,7 +82,7 @@ pub fn require(test: &str, needs: &[&str]) -> bool {
 }
 
 /// What running sandboxes needs.
-pub const SANDBOXES: &[&str] = &["root", "overlayfs", "cgroups", "hiber-init"];
+pub const SANDBOXES: &[&str] = &["root", "overlayfs", "cgroups", "seccomp", "hiber-init"];
 
 /// What snapshots need on top.
-pub const SNAPSHOTS: &[&str] = &["root", "overlayfs", "cgroups", "hiber-init", "criu"];
+pub const SNAPSHOTS: &[&str] = &["root", "overlayfs", "cgroups", "seccomp", "hiber-init", "criu"];

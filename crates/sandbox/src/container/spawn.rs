@@ -27,6 +27,8 @@ use super::cgroup::Cgroup;
 use super::criu::Criu;
 use super::record::ExitRecord;
 use super::runtime::SandboxDir;
+use super::seccomp;
+use crate::spec::Seccomp;
 
 /// Errors starting a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +46,11 @@ pub enum SpawnError {
 
 /// How the sandbox's process tree comes to be.
 pub enum Start<'a> {
-    /// A fresh hiber-init, cloned into new namespaces.
-    Fresh,
+    /// A fresh hiber-init, cloned into new namespaces, under `seccomp`.
+    Fresh {
+        /// Whether hiber-init (and so every process of the sandbox) runs under the default filter.
+        seccomp: Seccomp,
+    },
     /// A dumped tree brought back by CRIU, into a fresh network namespace
     /// (CRIU re-creates the others).
     Restore {
@@ -94,7 +99,7 @@ fn pipe() -> Result<(File, File), SpawnError> {
 pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     let (mut report_r, report_w) = pipe()?;
     let child_args = match &launch.start {
-        Start::Fresh => Some(ChildArgs::new(&launch.dir.rootfs(), launch.config)?),
+        Start::Fresh { seccomp } => Some(ChildArgs::new(&launch.dir.rootfs(), launch.config, *seccomp)?),
         Start::Restore { .. } => None,
     };
     // SAFETY: the child only runs the shim (below) and exits with _exit; with
@@ -139,10 +144,12 @@ struct ChildArgs {
     init: CString,
     argv: [CString; 2],
     env: [CString; 1],
+    /// The seccomp program to install just before the exec, if any.
+    filter: Option<Vec<libc::sock_filter>>,
 }
 
 impl ChildArgs {
-    fn new(rootfs: &Path, config: &InitConfig) -> Result<ChildArgs, SpawnError> {
+    fn new(rootfs: &Path, config: &InitConfig, seccomp: Seccomp) -> Result<ChildArgs, SpawnError> {
         let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Setup(format!("NUL byte in {s:?}")));
         let path = |p: &Path| c(&p.display().to_string());
         let json = serde_json::to_string(config).expect("config serializes");
@@ -153,6 +160,7 @@ impl ChildArgs {
             init: c(INIT_PATH)?,
             argv: [c(INIT_PATH)?, c(&json)?],
             env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
+            filter: (seccomp == Seccomp::Default).then(seccomp::default_program),
         })
     }
 }
@@ -178,8 +186,8 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
                 restore_tree(launch.cgroup, &mut command, &pidfile, &log)
             })
             .and_then(|pid| set_hostname(pid, launch.hostname).map(|()| pid)),
-        (Start::Fresh, Some(args)) => start_init(launch, args),
-        (Start::Fresh, None) => unreachable!("fresh starts prepare their arguments"),
+        (Start::Fresh { .. }, Some(args)) => start_init(launch, args),
+        (Start::Fresh { .. }, None) => unreachable!("fresh starts prepare their arguments"),
     };
     match started {
         Err(e) => {
@@ -325,6 +333,9 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
                 libc::dup2(null.as_raw_fd(), fd);
             }
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        }
+        if let Some(filter) = &args.filter {
+            seccomp::install(filter).map_err(|e| format!("seccomp filter: {e}"))?;
         }
         let err = nix::unistd::execve(args.init.as_c_str(), &args.argv, &args.env).unwrap_err();
         Err(format!("exec {INIT_PATH}: {err}"))

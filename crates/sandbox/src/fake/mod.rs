@@ -505,6 +505,7 @@ impl Backend for FakeBackend {
             image: manifest.image.clone(),
             limits: manifest.limits,
             main: manifest.main.clone(),
+            seccomp: Default::default(),
         };
         let from = manifest.id.clone();
         state.check_name(name)?;

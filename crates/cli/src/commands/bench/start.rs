@@ -44,7 +44,13 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
     let mut results = Vec::new();
     for name in ["busybox", "debian"] {
         let image = ensure_image(&store, name)?;
-        let spec = SandboxSpec { name: None, image: image.name.clone(), limits: Limits::default(), main: None };
+        let spec = SandboxSpec {
+            name: None,
+            image: image.name.clone(),
+            limits: Limits::default(),
+            main: None,
+            seccomp: Default::default(),
+        };
         one_start(&*backend, &spec).context("warm-up start")?;
         for workers in [1, 2] {
             let mut rates = Vec::new();
