@@ -1,7 +1,8 @@
 //! The sandbox's default seccomp filter: the system calls that reach past the sandbox into the
 //! host's kernel (loading modules or a new kernel, bpf, the kernel's keyrings, perf events,
-//! opening files by handle, swap, the clock, reboot, accounting, raw I/O ports, quotas) fail with
-//! `EPERM`, as under Docker's default profile; everything else is allowed. A denied call returns
+//! opening files by handle, swap, the clock, reboot, accounting, raw I/O ports, quotas, personas
+//! other than Docker's few) fail with `EPERM`, as under Docker's default profile; everything else
+//! is allowed. A denied call returns
 //! an error, it never kills the process.
 //!
 //! The filter is installed in hiber-init's process just before it is exec'd, so every process of
@@ -11,7 +12,7 @@
 //!
 //! The program is written out here rather than generated: check the architecture (any other ABI
 //! is refused with `EPERM`), refuse x32 numbers (they would bypass a list of x86_64 numbers),
-//! then one comparison per denied number.
+//! then one comparison per denied number, and `personality`'s argument against the allowed personas.
 
 use std::io;
 
@@ -33,6 +34,8 @@ const BPF_RET_K: u16 = 0x06; // BPF_RET | BPF_K
 // Offsets in `struct seccomp_data`.
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
+/// The low half of the first argument (little-endian).
+const DATA_ARG0: u32 = 16;
 
 /// The system calls the default filter refuses.
 pub const DENIED: &[(&str, libc::c_long)] = &[
@@ -73,22 +76,45 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter { code, jt, jf, k }
 }
 
-/// The default filter as a classic BPF program.
+/// The personas `personality(2)` may set (as Docker allows): Linux, `UNAME26`, `PER_LINUX32`,
+/// both, and the query `0xffffffff`. Others (e.g. `ADDR_NO_RANDOMIZE`) fail with `EPERM`.
+const PERSONAS: [u32; 5] = [0x0, 0x0002_0000, 0x0008, 0x0002_0008, 0xffff_ffff];
+
+/// The default filter as a classic BPF program:
+///
+/// ```text
+/// 0          load arch;   not x86_64          -> deny
+/// 2          load nr;     nr >= x32 bit       -> deny
+/// 4 ..       nr == each denied call           -> deny
+/// 4+n        nr != personality                -> allow
+/// 5+n        load the first argument
+/// 6+n ..     argument == each allowed persona -> allow
+/// deny:      return EPERM
+/// allow:     return allow
+/// ```
 pub fn default_program() -> Vec<libc::sock_filter> {
-    let deny = SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    // The last two instructions: allow, then deny. A jump's offset counts from the next one.
     let n = DENIED.len();
+    let deny = 6 + n + PERSONAS.len();
+    let allow = deny + 1;
+    // A jump's offset counts from the instruction after it.
+    let to = |from: usize, target: usize| (target - from - 1) as u8;
     let mut program = vec![
         statement(BPF_LD_W_ABS, DATA_ARCH),
-        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, (n + 3) as u8),
+        jump(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, to(1, deny)),
         statement(BPF_LD_W_ABS, DATA_NR),
-        jump(BPF_JGE_K, X32_SYSCALL_BIT, (n + 1) as u8, 0),
+        jump(BPF_JGE_K, X32_SYSCALL_BIT, to(3, deny), 0),
     ];
-    for (i, (_, nr)) in DENIED.iter().enumerate() {
-        program.push(jump(BPF_JEQ_K, *nr as u32, (n - i) as u8, 0));
+    for (_, nr) in DENIED {
+        program.push(jump(BPF_JEQ_K, *nr as u32, to(program.len(), deny), 0));
     }
+    program.push(jump(BPF_JEQ_K, libc::SYS_personality as u32, 0, to(program.len(), allow)));
+    program.push(statement(BPF_LD_W_ABS, DATA_ARG0));
+    for persona in PERSONAS {
+        program.push(jump(BPF_JEQ_K, persona, to(program.len(), allow), 0));
+    }
+    debug_assert_eq!(program.len(), deny);
+    program.push(statement(BPF_RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32));
     program.push(statement(BPF_RET_K, SECCOMP_RET_ALLOW));
-    program.push(statement(BPF_RET_K, deny));
     program
 }
 
@@ -164,6 +190,15 @@ mod tests {
         );
         // SAFETY: getpid has no arguments; allowed.
         assert_eq!(under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_getpid) })), 0);
+        // SAFETY: personality(0xffffffff) only asks for the current persona; allowed.
+        assert_eq!(under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_personality, 0xffff_ffffu32) })), 0);
+        assert_eq!(
+            under_filter(|| {
+                // SAFETY: personality(ADDR_NO_RANDOMIZE) would turn off address randomization; refused.
+                errno_of(unsafe { libc::syscall(libc::SYS_personality, 0x0004_0000) })
+            }),
+            libc::EPERM
+        );
     }
 
     #[test]
@@ -181,7 +216,7 @@ mod tests {
                 assert!(i + 1 + (insn.jt.max(insn.jf) as usize) < program.len(), "instruction {i}");
             }
         }
-        assert_eq!(program[program.len() - 1].k, SECCOMP_RET_ERRNO | libc::EPERM as u32);
-        assert_eq!(program[program.len() - 2].k, SECCOMP_RET_ALLOW);
+        assert_eq!(program[program.len() - 2].k, SECCOMP_RET_ERRNO | libc::EPERM as u32);
+        assert_eq!(program[program.len() - 1].k, SECCOMP_RET_ALLOW);
     }
 }
