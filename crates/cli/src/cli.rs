@@ -180,6 +180,12 @@ pub struct RunArgs {
     /// setting the clock, fail with EPERM).
     #[arg(long, value_name = "OPT")]
     pub security_opt: Vec<String>,
+    /// Add a capability to Docker's default set (e.g. NET_ADMIN, SYS_PTRACE, or ALL).
+    #[arg(long, value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability from the set (e.g. NET_RAW, or ALL).
+    #[arg(long, value_name = "CAP")]
+    pub cap_drop: Vec<String>,
     #[command(flatten)]
     pub process: ProcessArgs,
     /// Image to start from (see `hiber images`).

@@ -1,6 +1,6 @@
 //! End-to-end tests of what code inside a sandbox cannot do to the host: each is an attempt that
-//! must fail inside a real sandbox, also after a snapshot and restore, while the same call is not
-//! refused by the filter when the sandbox runs with `--security-opt seccomp=unconfined`.
+//! must fail inside a real sandbox, also after a snapshot and restore, while the same call goes
+//! through when the protection is turned off (`--security-opt seccomp=unconfined`, `--cap-add`).
 
 mod common;
 
@@ -72,10 +72,23 @@ fn keyctl_bpf_and_perf_events_are_refused_by_the_filter_only() {
     for name in ["keyctl", "bpf", "perf_event_open"] {
         assert!(confined.contains(&format!("{name} EPERM")), "{name} not refused:\n{confined}");
     }
-    // Without the filter the same calls reach the kernel, which answers otherwise (root may
-    // read its keyring id; bpf rejects the null attribute with EFAULT or EINVAL; ...).
-    let unconfined = home.ok(&["run", "--security-opt", "seccomp=unconfined", "debian", "python3", "-c", PY_ATTEMPTS]);
-    assert!(!unconfined.contains("keyctl EPERM") && !unconfined.contains("bpf EPERM"), "{unconfined}");
+    // Without the filter (and with every capability, which bpf and perf events also need) the
+    // same calls reach the kernel, which answers otherwise (root may read its keyring id; bpf
+    // rejects the null attribute with EFAULT or EINVAL; ...).
+    let unconfined = home.ok(&[
+        "run",
+        "--security-opt",
+        "seccomp=unconfined",
+        "--cap-add",
+        "ALL",
+        "debian",
+        "python3",
+        "-c",
+        PY_ATTEMPTS,
+    ]);
+    for name in ["keyctl", "bpf", "perf_event_open"] {
+        assert!(!unconfined.contains(&format!("{name} EPERM")), "{name} still refused:\n{unconfined}");
+    }
 }
 
 #[test]
@@ -93,4 +106,54 @@ fn unconfined_sandboxes_run_without_a_filter_and_bad_options_are_refused() {
         "hiber: unknown security option 'seccomp=maybe': hiber knows seccomp=default and seccomp=unconfined"
     );
     assert!(home.ps().is_empty(), "a refused run leaves no sandbox");
+}
+
+/// Mount attempts (a tmpfs; the host's cgroup v1 memory hierarchy, the start of the
+/// `release_agent` escape; unmounting /proc), each printing `NAME: RESULT`, then the bounding set.
+const MOUNTS: &str = r#"
+mkdir -p /tmp/m
+mount -t tmpfs x /tmp/m 2>&1 && echo "tmpfs: mounted" || echo "tmpfs: refused"
+mount -t cgroup -o memory cgroup /tmp/m 2>&1 && echo "cgroup: mounted" || echo "cgroup: refused"
+umount /proc 2>&1 && echo "umount: done" || echo "umount: refused"
+grep '^CapBnd:' /proc/self/status
+"#;
+
+fn assert_confined(output: &str) {
+    for attempt in ["tmpfs", "cgroup", "umount"] {
+        assert!(output.contains(&format!("{attempt}: refused")), "{attempt} was not refused:\n{output}");
+    }
+    assert!(output.contains("CapBnd:\t00000000a80425fb"), "not Docker's capability set:\n{output}");
+}
+
+#[test]
+fn capabilities_are_dockers_set_before_and_after_a_restore() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    assert_confined(&home.ok(&["run", "busybox", "sh", "-c", MOUNTS]));
+
+    let id = home.detached(&["busybox", "sleep", "1000"]);
+    let snapshot = home.ok(&["snapshot", &id]);
+    let restored = home.ok(&["restore", snapshot.trim()]);
+    assert_confined(&home.ok(&["exec", restored.trim(), "sh", "-c", MOUNTS]));
+    let init = home.ok(&["exec", restored.trim(), "grep", "^CapBnd:", "/proc/1/status"]);
+    assert_eq!(init.trim(), "CapBnd:\t00000000a80425fb", "the restored init");
+
+    // The refusals come from the missing capability: with it, the tmpfs mounts.
+    let admin = home.ok(&[
+        "run",
+        "--cap-add",
+        "SYS_ADMIN",
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir /tmp/m && mount -t tmpfs x /tmp/m && echo mounted",
+    ]);
+    assert_eq!(admin.trim(), "mounted");
+    let none = home.run(&["run", "--cap-drop", "ALL", "busybox", "chown", "1000", "/etc/passwd"]);
+    assert_ne!(none.code, 0, "chown without CAP_CHOWN worked");
+    assert!(none.stderr.contains("Operation not permitted"), "{}", none.stderr);
+    let bad = home.run(&["run", "--cap-add", "SYS_WIZARD", "busybox", "true"]);
+    assert_eq!(bad.code, 125);
+    assert_eq!(bad.stderr.trim(), "hiber: unknown capability 'SYS_WIZARD' (e.g. NET_ADMIN, SYS_PTRACE, or ALL)");
 }

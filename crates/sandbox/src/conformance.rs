@@ -54,7 +54,7 @@ impl<'a> Scratch<'a> {
             image: self.image.into(),
             limits: Default::default(),
             main: None,
-            seccomp: Default::default(),
+            confinement: Default::default(),
         }
     }
 

@@ -24,4 +24,4 @@ pub use snapshot::{
     BackendState, FileSum, Leftover, LocalSnapshots, Manifest, ManifestError, Pending, SnapshotStore, StoreError,
     FORMAT_VERSION,
 };
-pub use spec::{validate_name, Limits, SandboxSpec, Seccomp, SpecError};
+pub use spec::{validate_name, Capabilities, Confinement, Limits, SandboxSpec, Seccomp, SpecError};

@@ -18,6 +18,9 @@ pub enum SpecError {
     /// A sandbox name with characters that are not allowed.
     #[error("invalid sandbox name '{0}': use 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit, and not 12 hex digits like an id")]
     Name(String),
+    /// A capability name hiber does not know.
+    #[error("unknown capability '{0}' (e.g. NET_ADMIN, SYS_PTRACE, or ALL)")]
+    Capability(String),
     /// A `--security-opt` hiber does not know.
     #[error("unknown security option '{0}': hiber knows seccomp=default and seccomp=unconfined")]
     SecurityOpt(String),
@@ -98,9 +101,117 @@ pub struct SandboxSpec {
     /// The main process, started at boot with its output in the log;
     /// without one the sandbox idles until it is stopped.
     pub main: Option<ProcessSpec>,
-    /// The seccomp filter (a restored sandbox keeps the one it was snapshotted with).
+    /// How far its processes are confined (a restored sandbox keeps what it was snapshotted with).
+    #[serde(default)]
+    pub confinement: Confinement,
+}
+
+/// How a sandbox is confined beyond its namespaces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confinement {
+    /// The seccomp filter.
     #[serde(default)]
     pub seccomp: Seccomp,
+    /// The capabilities its processes may hold (their bounding set).
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// A set of Linux capabilities: bit `n` is capability `n` (`CAP_CHOWN` = 0, ...).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities(pub u64);
+
+/// Every capability's name, by number.
+const CAPABILITY_NAMES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+impl Capabilities {
+    /// Docker's default set: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+    /// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
+    pub const DOCKER_DEFAULT: Capabilities = Capabilities(0xa804_25fb);
+
+    /// Every capability this hiber knows.
+    pub const ALL: Capabilities = Capabilities((1 << CAPABILITY_NAMES.len()) - 1);
+
+    /// Whether capability number `cap` is in the set.
+    pub fn contains(self, cap: u32) -> bool {
+        cap < 64 && self.0 & (1 << cap) != 0
+    }
+
+    /// The set's names, without the `CAP_` prefix, by number.
+    pub fn names(self) -> Vec<&'static str> {
+        (0..CAPABILITY_NAMES.len() as u32).filter(|c| self.contains(*c)).map(|c| CAPABILITY_NAMES[c as usize]).collect()
+    }
+
+    /// The set with `add` added, then `drop` removed (`--cap-add`, `--cap-drop`): names as in
+    /// `SYS_ADMIN` or `cap_sys_admin`, or `ALL`.
+    pub fn adjusted(self, add: &[String], drop: &[String]) -> Result<Capabilities, SpecError> {
+        let mask = |names: &[String]| -> Result<u64, SpecError> {
+            names.iter().try_fold(0u64, |mask, name| {
+                let bare = name.to_ascii_uppercase();
+                let bare = bare.strip_prefix("CAP_").unwrap_or(&bare);
+                match CAPABILITY_NAMES.iter().position(|n| *n == bare) {
+                    _ if bare == "ALL" => Ok(mask | Capabilities::ALL.0),
+                    Some(i) => Ok(mask | 1 << i),
+                    None => Err(SpecError::Capability(name.clone())),
+                }
+            })
+        };
+        Ok(Capabilities((self.0 | mask(add)?) & !mask(drop)?))
+    }
+}
+
+impl Default for Capabilities {
+    fn default() -> Capabilities {
+        Capabilities::DOCKER_DEFAULT
+    }
+}
+
+impl std::fmt::Debug for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.names()).finish()
+    }
 }
 
 /// Whether a sandbox's processes run under the default seccomp filter (system calls that reach
@@ -161,6 +272,22 @@ mod tests {
         assert_eq!(opts(&["seccomp=unconfined", "seccomp=default"]).unwrap(), Seccomp::Default);
         let err = opts(&["apparmor=x"]).unwrap_err().to_string();
         assert!(err.contains("unknown security option 'apparmor=x'"), "{err}");
+    }
+
+    #[test]
+    fn capabilities_start_from_dockers_set_and_adjust_by_name() {
+        let names = Capabilities::DOCKER_DEFAULT.names();
+        assert_eq!(names.len(), 14);
+        assert!(names.contains(&"NET_BIND_SERVICE") && !names.contains(&"SYS_ADMIN"), "{names:?}");
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let caps = Capabilities::default().adjusted(&owned(&["cap_sys_ptrace"]), &owned(&["NET_RAW"])).unwrap();
+        assert!(caps.contains(19) && !caps.contains(13));
+        let none = Capabilities::default().adjusted(&[], &owned(&["all"])).unwrap();
+        assert!(none.names().is_empty());
+        let all = none.adjusted(&owned(&["ALL"]), &[]).unwrap();
+        assert_eq!(all, Capabilities::ALL);
+        let err = Capabilities::default().adjusted(&owned(&["SYS_WIZARD"]), &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown capability 'SYS_WIZARD'"), "{err}");
     }
 
     #[test]

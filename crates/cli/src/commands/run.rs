@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use hiber_sandbox::{Limits, SandboxSpec, Seccomp};
+use hiber_sandbox::{Capabilities, Confinement, Limits, SandboxSpec, Seccomp};
 
 use super::{backend, exec_id, process_spec};
 use crate::attach;
@@ -21,9 +21,12 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
         bail!("-d cannot be combined with -i or -t: use `hiber exec -it` to get a shell in a detached sandbox");
     }
     let backend = backend(home)?;
-    let seccomp = Seccomp::from_security_opts(&args.security_opt)?;
-    let spec =
-        SandboxSpec { name: args.name, image: args.image, limits, main: args.detach.then(|| process.clone()), seccomp };
+    let confinement = Confinement {
+        seccomp: Seccomp::from_security_opts(&args.security_opt)?,
+        capabilities: Capabilities::default().adjusted(&args.cap_add, &args.cap_drop)?,
+    };
+    let main = args.detach.then(|| process.clone());
+    let spec = SandboxSpec { name: args.name, image: args.image, limits, main, confinement };
     let id = backend.create(spec)?.id;
     if args.detach {
         outln!("{id}")?;

@@ -2,6 +2,7 @@
 //! overlay root, with hiber-init as PID 1; snapshots are CRIU dumps plus the upper directory
 //! turned into a layer ([`checkpoint`]).
 
+mod capabilities;
 mod cgroup;
 mod checkpoint;
 mod criu;
@@ -293,7 +294,7 @@ impl Backend for ContainerBackend {
         let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
         lowers.extend(images.lower_dirs(&image));
         let record = SandboxRecord::new(spec.name, image.name.clone(), lowers, None, spec.limits, spec.main);
-        self.launch_sandbox(record, Start::Fresh { seccomp: spec.seccomp })
+        self.launch_sandbox(record, Start::Fresh { confinement: spec.confinement })
     }
 
     fn find(&self, key: &str) -> Result<SandboxInfo, SandboxError> {

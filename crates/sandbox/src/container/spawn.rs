@@ -27,8 +27,8 @@ use super::cgroup::Cgroup;
 use super::criu::Criu;
 use super::record::ExitRecord;
 use super::runtime::SandboxDir;
-use super::seccomp;
-use crate::spec::Seccomp;
+use super::{capabilities, seccomp};
+use crate::spec::{Capabilities, Confinement, Seccomp};
 
 /// Errors starting a sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +46,11 @@ pub enum SpawnError {
 
 /// How the sandbox's process tree comes to be.
 pub enum Start<'a> {
-    /// A fresh hiber-init, cloned into new namespaces, under `seccomp`.
+    /// A fresh hiber-init, cloned into new namespaces, confined as `confinement` says (and so
+    /// is every process of the sandbox).
     Fresh {
-        /// Whether hiber-init (and so every process of the sandbox) runs under the default filter.
-        seccomp: Seccomp,
+        /// The seccomp filter and the capabilities.
+        confinement: Confinement,
     },
     /// A dumped tree brought back by CRIU, into a fresh network namespace
     /// (CRIU re-creates the others).
@@ -99,7 +100,7 @@ fn pipe() -> Result<(File, File), SpawnError> {
 pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     let (mut report_r, report_w) = pipe()?;
     let child_args = match &launch.start {
-        Start::Fresh { seccomp } => Some(ChildArgs::new(&launch.dir.rootfs(), launch.config, *seccomp)?),
+        Start::Fresh { confinement } => Some(ChildArgs::new(&launch.dir.rootfs(), launch.config, *confinement)?),
         Start::Restore { .. } => None,
     };
     // SAFETY: the child only runs the shim (below) and exits with _exit; with
@@ -146,10 +147,14 @@ struct ChildArgs {
     env: [CString; 1],
     /// The seccomp program to install just before the exec, if any.
     filter: Option<Vec<libc::sock_filter>>,
+    /// The bounding set hiber-init is exec'd with.
+    capabilities: Capabilities,
+    /// The highest capability number of this kernel.
+    last_cap: u32,
 }
 
 impl ChildArgs {
-    fn new(rootfs: &Path, config: &InitConfig, seccomp: Seccomp) -> Result<ChildArgs, SpawnError> {
+    fn new(rootfs: &Path, config: &InitConfig, confinement: Confinement) -> Result<ChildArgs, SpawnError> {
         let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Setup(format!("NUL byte in {s:?}")));
         let path = |p: &Path| c(&p.display().to_string());
         let json = serde_json::to_string(config).expect("config serializes");
@@ -160,7 +165,9 @@ impl ChildArgs {
             init: c(INIT_PATH)?,
             argv: [c(INIT_PATH)?, c(&json)?],
             env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
-            filter: (seccomp == Seccomp::Default).then(seccomp::default_program),
+            filter: (confinement.seccomp == Seccomp::Default).then(seccomp::default_program),
+            capabilities: confinement.capabilities,
+            last_cap: capabilities::last_cap().map_err(|e| SpawnError::Setup(format!("capabilities: {e}")))?,
         })
     }
 }
@@ -334,6 +341,7 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
             }
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
         }
+        capabilities::bound(args.capabilities, args.last_cap).map_err(|e| format!("capabilities: {e}"))?;
         if let Some(filter) = &args.filter {
             seccomp::install(filter).map_err(|e| format!("seccomp filter: {e}"))?;
         }

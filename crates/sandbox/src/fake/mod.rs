@@ -505,7 +505,7 @@ impl Backend for FakeBackend {
             image: manifest.image.clone(),
             limits: manifest.limits,
             main: manifest.main.clone(),
-            seccomp: Default::default(),
+            confinement: Default::default(),
         };
         let from = manifest.id.clone();
         state.check_name(name)?;

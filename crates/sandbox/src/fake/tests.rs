@@ -15,7 +15,7 @@ fn spec(main: Option<&[&str]>) -> SandboxSpec {
         image: "busybox".into(),
         limits: Default::default(),
         main: main.map(|argv| ProcessSpec::command(argv.iter().copied())),
-        seccomp: Default::default(),
+        confinement: Default::default(),
     }
 }
 

@@ -88,7 +88,7 @@ pub fn snapshot(home: &Path, rounds: usize, json: bool, skip_podman: bool) -> Re
             image: image.name.clone(),
             limits: Limits::default(),
             main: Some(workload.process()),
-            seccomp: Default::default(),
+            confinement: Default::default(),
         };
         let label = workload.label();
         eprintln!("bench: {label}: hiber, {rounds} rounds");

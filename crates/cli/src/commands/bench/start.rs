@@ -49,7 +49,7 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
             image: image.name.clone(),
             limits: Limits::default(),
             main: None,
-            seccomp: Default::default(),
+            confinement: Default::default(),
         };
         one_start(&*backend, &spec).context("warm-up start")?;
         for workers in [1, 2] {
