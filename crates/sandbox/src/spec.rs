@@ -117,8 +117,10 @@ pub struct Confinement {
     pub capabilities: Capabilities,
 }
 
-/// A set of Linux capabilities: bit `n` is capability `n` (`CAP_CHOWN` = 0, ...).
+/// A set of Linux capabilities: bit `n` is capability `n` (`CAP_CHOWN` = 0, ...). Saved as the
+/// list of their names.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Vec<String>", try_from = "Vec<String>")]
 pub struct Capabilities(pub u64);
 
 /// Every capability's name, by number.
@@ -199,6 +201,34 @@ impl Capabilities {
             })
         };
         Ok(Capabilities((self.0 | mask(add)?) & !mask(drop)?))
+    }
+}
+
+impl From<Capabilities> for Vec<String> {
+    fn from(caps: Capabilities) -> Vec<String> {
+        caps.names().into_iter().map(str::to_owned).collect()
+    }
+}
+
+impl TryFrom<Vec<String>> for Capabilities {
+    type Error = SpecError;
+    fn try_from(names: Vec<String>) -> Result<Capabilities, SpecError> {
+        Capabilities(0).adjusted(&names, &[])
+    }
+}
+
+impl Confinement {
+    /// The confinement that `--security-opt`, `--cap-add` and `--cap-drop` (or the session API's
+    /// fields of the same names) ask for.
+    pub fn from_options(
+        security_opt: &[String],
+        cap_add: &[String],
+        cap_drop: &[String],
+    ) -> Result<Confinement, SpecError> {
+        Ok(Confinement {
+            seccomp: Seccomp::from_security_opts(security_opt)?,
+            capabilities: Capabilities::default().adjusted(cap_add, cap_drop)?,
+        })
     }
 }
 
@@ -288,6 +318,10 @@ mod tests {
         assert_eq!(all, Capabilities::ALL);
         let err = Capabilities::default().adjusted(&owned(&["SYS_WIZARD"]), &[]).unwrap_err().to_string();
         assert!(err.contains("unknown capability 'SYS_WIZARD'"), "{err}");
+        let json = serde_json::to_string(&caps).unwrap();
+        assert!(json.starts_with(r#"["CHOWN","DAC_OVERRIDE","FOWNER""#), "{json}");
+        assert_eq!(serde_json::from_str::<Capabilities>(&json).unwrap(), caps);
+        assert!(serde_json::from_str::<Capabilities>(r#"["NOPE"]"#).is_err());
     }
 
     #[test]

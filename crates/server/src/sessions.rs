@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hiber_context::{Entry, Kind, LogStore, NewEntry};
-use hiber_sandbox::{Backend, SandboxError};
+use hiber_sandbox::{Backend, Confinement, SandboxError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -37,6 +37,15 @@ pub struct CreateSession {
     /// Seconds of waiting before the session is suspended.
     #[serde(default)]
     pub idle_timeout_s: Option<u64>,
+    /// Capabilities added to Docker's default set (as `hiber run --cap-add`).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it (as `hiber run --cap-drop`).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// Confinement options (as `hiber run --security-opt`, e.g. `seccomp=unconfined`).
+    #[serde(default)]
+    pub security_opt: Vec<String>,
 }
 
 /// A session as the API shows it.
@@ -102,6 +111,8 @@ impl Sessions {
                 return Err(SessionError::Invalid(format!("invalid environment variable name {key:?}")));
             }
         }
+        let confinement = Confinement::from_options(&req.security_opt, &req.cap_add, &req.cap_drop)
+            .map_err(|e| SessionError::Invalid(e.to_string()))?;
         let mut record = SessionRecord::new(
             format!("s{}", hiber_common::random_id(15)),
             req.image.clone(),
@@ -110,6 +121,7 @@ impl Sessions {
             req.env.clone(),
             idle_timeout_s,
         );
+        record.confinement = confinement;
         let info = match (&req.image, &req.snapshot) {
             (Some(_), None) => {
                 if req.command.is_empty() {

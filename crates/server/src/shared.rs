@@ -101,7 +101,7 @@ impl Shared {
             image: image_name,
             limits: Default::default(),
             main: Some(ProcessSpec { env, ..ProcessSpec::command(record.command.clone()) }),
-            confinement: Default::default(),
+            confinement: record.confinement,
         };
         self.blocking(move |b| b.create(spec)).await.map_err(|e| match e {
             SessionError::Sandbox(e @ SandboxError::Image(_)) => SessionError::Invalid(e.to_string()),

@@ -74,6 +74,8 @@ fn bad_requests_get_the_right_4xx_and_change_nothing() {
         r#"{"image":"busybox"}"#,
         r#"{"image":"no-such-image","command":["x"]}"#,
         r#"{"image":"busybox","command":["x"],"idle_timeout_s":0}"#,
+        r#"{"image":"busybox","command":["x"],"cap_add":["SYS_WIZARD"]}"#,
+        r#"{"image":"busybox","command":["x"],"security_opt":["seccomp=maybe"]}"#,
     ] {
         let a = server.call("POST", "/v1/sessions", Some(body));
         assert_eq!(a.status, 400, "{body}: {}", a.body);
@@ -218,4 +220,30 @@ fn announce_body(server: &TestServer, path: &str, length: usize) -> String {
     let mut answer = String::new();
     let _ = tcp.read_to_string(&mut answer);
     answer
+}
+
+#[test]
+fn a_sessions_sandbox_is_confined_as_asked() {
+    if !common::can_run("a_sessions_sandbox_is_confined_as_asked") {
+        return;
+    }
+    let server = TestServer::start(false);
+    let status_of = |body: Value| {
+        let a = server.call("POST", "/v1/sessions", Some(&body.to_string()));
+        assert_eq!(a.status, 201, "{}", a.body);
+        let sandbox = a.body["sandbox"].as_str().unwrap().to_string();
+        let process = hiber_proto::ProcessSpec::command(["cat", "/proc/self/status"]);
+        let out = server.backend().connect(&sandbox).unwrap().run("status", process).unwrap();
+        (a.body, String::from_utf8(out.stdout).unwrap())
+    };
+    let (default, status) = status_of(json!({"image": "busybox", "command": ["sleep", "1000"]}));
+    assert!(status.contains("CapBnd:\t00000000a80425fb") && status.contains("Seccomp:\t2"), "{status}");
+    assert_eq!(default["confinement"]["seccomp"], "default");
+    assert_eq!(default["confinement"]["capabilities"].as_array().unwrap().len(), 14);
+
+    let asked = json!({"image": "busybox", "command": ["sleep", "1000"], "cap_add": ["SYS_ADMIN"], "cap_drop": ["NET_RAW"], "security_opt": ["seccomp=unconfined"]});
+    let (shown, status) = status_of(asked);
+    assert!(status.contains("CapBnd:\t00000000a82405fb") && status.contains("Seccomp:\t0"), "{status}");
+    let caps = shown["confinement"]["capabilities"].as_array().unwrap();
+    assert!(caps.contains(&json!("SYS_ADMIN")) && !caps.contains(&json!("NET_RAW")), "{shown}");
 }

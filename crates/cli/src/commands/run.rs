@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use hiber_sandbox::{Capabilities, Confinement, Limits, SandboxSpec, Seccomp};
+use hiber_sandbox::{Confinement, Limits, SandboxSpec};
 
 use super::{backend, exec_id, process_spec};
 use crate::attach;
@@ -21,10 +21,7 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
         bail!("-d cannot be combined with -i or -t: use `hiber exec -it` to get a shell in a detached sandbox");
     }
     let backend = backend(home)?;
-    let confinement = Confinement {
-        seccomp: Seccomp::from_security_opts(&args.security_opt)?,
-        capabilities: Capabilities::default().adjusted(&args.cap_add, &args.cap_drop)?,
-    };
+    let confinement = Confinement::from_options(&args.security_opt, &args.cap_add, &args.cap_drop)?;
     let main = args.detach.then(|| process.clone());
     let spec = SandboxSpec { name: args.name, image: args.image, limits, main, confinement };
     let id = backend.create(spec)?.id;

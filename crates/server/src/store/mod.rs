@@ -15,6 +15,7 @@ mod sqlite;
 use std::collections::BTreeMap;
 
 use hiber_context::BoxFuture;
+use hiber_sandbox::Confinement;
 use serde::{Deserialize, Serialize};
 
 pub use sqlite::{SqliteError, SqliteSessions};
@@ -96,6 +97,9 @@ pub struct SessionRecord {
     pub created: u64,
     /// Last change, unix milliseconds.
     pub updated: u64,
+    /// How its fresh sandboxes are confined (restored ones keep what their snapshot had).
+    #[serde(default)]
+    pub confinement: Confinement,
 }
 
 impl SessionRecord {
@@ -124,6 +128,7 @@ impl SessionRecord {
             error: None,
             created: hiber_common::unix_ms(),
             updated: 0,
+            confinement: Confinement::default(),
         }
     }
 }
