@@ -157,3 +157,38 @@ fn capabilities_are_dockers_set_before_and_after_a_restore() {
     assert_eq!(bad.code, 125);
     assert_eq!(bad.stderr.trim(), "hiber: unknown capability 'SYS_WIZARD' (e.g. NET_ADMIN, SYS_PTRACE, or ALL)");
 }
+
+/// Attempts through `/proc`, each printing `NAME: refused` when it failed.
+const SURFACES: &str = r#"
+cat /proc/sys/vm/swappiness > /proc/sys/vm/swappiness 2>/dev/null && echo "sysctl: written" || echo "sysctl: refused"
+echo h 2>/dev/null > /proc/sysrq-trigger && echo "sysrq: written" || echo "sysrq: refused"
+mount -o remount,rw /proc/sys 2>/dev/null && echo "remount: done" || echo "remount: refused"
+echo "keys: $(wc -c < /proc/keys) bytes"
+echo "timer_list: $(wc -c < /proc/timer_list) bytes"
+"#;
+
+fn assert_hidden(output: &str) {
+    for attempt in ["sysctl", "sysrq", "remount"] {
+        assert!(output.contains(&format!("{attempt}: refused")), "{attempt} was not refused:\n{output}");
+    }
+    for masked in ["keys", "timer_list"] {
+        assert!(output.contains(&format!("{masked}: 0 bytes")), "{masked} is not masked:\n{output}");
+    }
+}
+
+#[test]
+fn proc_paths_into_the_host_kernel_are_read_only_or_hidden_before_and_after_a_restore() {
+    require!();
+    // On the host the same write goes through (the value written is the one already there).
+    let swappiness = std::fs::read_to_string("/proc/sys/vm/swappiness").unwrap();
+    std::fs::write("/proc/sys/vm/swappiness", &swappiness).expect("the host may write its sysctl");
+    assert!(!std::fs::read("/proc/timer_list").unwrap().is_empty(), "the host's timer_list has content");
+
+    let home = Home::new();
+    home.busybox();
+    assert_hidden(&home.ok(&["run", "busybox", "sh", "-c", SURFACES]));
+    let id = home.detached(&["busybox", "sleep", "1000"]);
+    let snapshot = home.ok(&["snapshot", &id]);
+    let restored = home.ok(&["restore", snapshot.trim()]);
+    assert_hidden(&home.ok(&["exec", restored.trim(), "sh", "-c", SURFACES]));
+}

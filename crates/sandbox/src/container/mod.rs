@@ -9,6 +9,7 @@ mod criu;
 mod init_layer;
 mod overlay;
 pub mod preflight;
+mod proc_masks;
 mod record;
 mod runtime;
 mod seccomp;

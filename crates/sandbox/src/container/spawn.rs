@@ -25,6 +25,7 @@ use hiber_common::fs::write_json_atomic;
 
 use super::cgroup::Cgroup;
 use super::criu::Criu;
+use super::proc_masks::ProcMasks;
 use super::record::ExitRecord;
 use super::runtime::SandboxDir;
 use super::{capabilities, seccomp};
@@ -151,6 +152,8 @@ struct ChildArgs {
     capabilities: Capabilities,
     /// The highest capability number of this kernel.
     last_cap: u32,
+    /// What of `/proc` is hidden or read-only.
+    proc_masks: ProcMasks,
 }
 
 impl ChildArgs {
@@ -167,6 +170,7 @@ impl ChildArgs {
             env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
             filter: (confinement.seccomp == Seccomp::Default).then(seccomp::default_program),
             capabilities: confinement.capabilities,
+            proc_masks: ProcMasks::new(rootfs).map_err(SpawnError::Setup)?,
             last_cap: capabilities::last_cap().map_err(|e| SpawnError::Setup(format!("capabilities: {e}")))?,
         })
     }
@@ -312,6 +316,7 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
             "mount /proc",
             mount(Some("proc"), args.proc_dir.as_c_str(), Some("proc"), nosuid | MsFlags::MS_NODEV, None::<&str>),
         )?;
+        args.proc_masks.apply()?;
         step(
             "mount /dev/pts",
             mount(
