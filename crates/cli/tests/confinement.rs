@@ -14,6 +14,13 @@ macro_rules! require {
     };
 }
 
+/// A busybox sandbox restored from a snapshot of a running one; its id.
+fn restored_sleeper(home: &Home) -> String {
+    let id = home.detached(&["busybox", "sleep", "1000"]);
+    let snapshot = home.ok(&["snapshot", &id]);
+    home.ok(&["restore", snapshot.trim()]).trim().to_string()
+}
+
 /// Attempts on the host's kernel from busybox, each printing `NAME: RESULT`.
 const ATTEMPTS: &str = r#"
 insmod /bin/true 2>&1 | sed 's/^/insmod: /'
@@ -53,13 +60,11 @@ fn calls_into_the_host_kernel_fail_with_eperm_before_and_after_a_restore() {
     assert_eq!(fresh.code, 0, "{}", fresh.stderr);
     assert_refused(&fresh.stdout);
 
-    let id = home.detached(&["busybox", "sleep", "1000"]);
-    let snapshot = home.ok(&["snapshot", &id]);
-    let restored = home.ok(&["restore", snapshot.trim()]);
-    let after = home.run(&["exec", restored.trim(), "sh", "-c", ATTEMPTS]);
+    let restored = restored_sleeper(&home);
+    let after = home.run(&["exec", &restored, "sh", "-c", ATTEMPTS]);
     assert_eq!(after.code, 0, "{}", after.stderr);
     assert_refused(&after.stdout);
-    let init = home.ok(&["exec", restored.trim(), "grep", "^Seccomp:", "/proc/1/status"]);
+    let init = home.ok(&["exec", &restored, "grep", "^Seccomp:", "/proc/1/status"]);
     assert!(init.contains("Seccomp:\t2"), "the restored init lost its filter: {init}");
 }
 
@@ -132,11 +137,9 @@ fn capabilities_are_dockers_set_before_and_after_a_restore() {
     home.busybox();
     assert_confined(&home.ok(&["run", "busybox", "sh", "-c", MOUNTS]));
 
-    let id = home.detached(&["busybox", "sleep", "1000"]);
-    let snapshot = home.ok(&["snapshot", &id]);
-    let restored = home.ok(&["restore", snapshot.trim()]);
-    assert_confined(&home.ok(&["exec", restored.trim(), "sh", "-c", MOUNTS]));
-    let init = home.ok(&["exec", restored.trim(), "grep", "^CapBnd:", "/proc/1/status"]);
+    let restored = restored_sleeper(&home);
+    assert_confined(&home.ok(&["exec", &restored, "sh", "-c", MOUNTS]));
+    let init = home.ok(&["exec", &restored, "grep", "^CapBnd:", "/proc/1/status"]);
     assert_eq!(init.trim(), "CapBnd:\t00000000a80425fb", "the restored init");
 
     // The refusals come from the missing capability: with it, the tmpfs mounts.
@@ -187,8 +190,6 @@ fn proc_paths_into_the_host_kernel_are_read_only_or_hidden_before_and_after_a_re
     let home = Home::new();
     home.busybox();
     assert_hidden(&home.ok(&["run", "busybox", "sh", "-c", SURFACES]));
-    let id = home.detached(&["busybox", "sleep", "1000"]);
-    let snapshot = home.ok(&["snapshot", &id]);
-    let restored = home.ok(&["restore", snapshot.trim()]);
-    assert_hidden(&home.ok(&["exec", restored.trim(), "sh", "-c", SURFACES]));
+    let restored = restored_sleeper(&home);
+    assert_hidden(&home.ok(&["exec", &restored, "sh", "-c", SURFACES]));
 }

@@ -9,6 +9,11 @@
 //!
 //! The init child is CRIU-friendly: it starts its own session, no host file
 //! descriptor survives its exec, and no parent-death signal is set.
+//!
+//! Before its exec it confines itself, and so every process of the sandbox: the
+//! `/proc` masks ([`super::proc_masks`]) on the new root, the capability bounding
+//! set ([`super::capabilities`]), then the seccomp filter ([`super::seccomp`]).
+//! A restored tree gets all three back from CRIU.
 
 use std::ffi::CString;
 use std::fs::File;
