@@ -1,4 +1,4 @@
-//! The seam every caller goes through: [`Backend`], what it takes ([`SandboxSpec`](crate::SandboxSpec),
+//! The seam every caller goes through: [`Backend`], what it takes ([`SandboxSpec`],
 //! [`SnapshotOptions`]) and gives ([`SandboxInfo`], [`Manifest`], [`InitConnection`]), and the one
 //! error type of every implementation ([`SandboxError`]).
 
