@@ -193,3 +193,50 @@ fn proc_paths_into_the_host_kernel_are_read_only_or_hidden_before_and_after_a_re
     let restored = restored_sleeper(&home);
     assert_hidden(&home.ok(&["exec", &restored, "sh", "-c", SURFACES]));
 }
+
+/// Attempts from a user and mount namespace made inside the sandbox (where its root holds every
+/// capability of the new namespace), each printing `NAME: RESULT`.
+const NESTED: &str = r#"
+unshare -Urm sh -c 'grep ^CapEff: /proc/self/status'
+unshare -Urm sh -c 'mount -o remount,rw /proc/sys' 2>/dev/null && echo "remount: done" || echo "remount: refused"
+unshare -Urm sh -c 'umount /proc/sys' 2>/dev/null && echo "umount: done" || echo "umount: refused"
+unshare -Urm sh -c 'cat /proc/sys/vm/swappiness > /proc/sys/vm/swappiness' 2>/dev/null && echo "sysctl: written" || echo "sysctl: refused"
+unshare -Urmpf sh -c 'mount -t proc proc /tmp' 2>/dev/null && echo "proc: mounted" || echo "proc: refused"
+unshare -Urm sh -c 'mkdir -p /tmp/m && mount -t cgroup -o memory x /tmp/m' 2>/dev/null && echo "cgroup: mounted" || echo "cgroup: refused"
+"#;
+
+#[test]
+fn namespaces_made_inside_regain_nothing_on_the_host() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let output = home.ok(&["run", "busybox", "sh", "-c", NESTED]);
+    assert!(
+        output.contains("CapEff:\t000001ffffffffff"),
+        "the nested root has its namespace's capabilities:\n{output}"
+    );
+    for attempt in ["remount", "umount", "sysctl", "proc", "cgroup"] {
+        assert!(output.contains(&format!("{attempt}: refused")), "{attempt} was not refused:\n{output}");
+    }
+}
+
+#[test]
+fn a_sandbox_can_neither_see_nor_signal_another() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let other = home.detached(&["busybox", "sh", "-c", "echo secret > /tmp/secret; sleep 1000"]);
+    let pid = home.host(&other).init_pid;
+    let probe = format!(
+        "kill -0 {pid} 2>/dev/null && echo 'signal: sent' || echo 'signal: refused'; \
+         cat /proc/{pid}/root/tmp/secret 2>/dev/null || echo 'files: unreachable'; \
+         ls /proc | grep -c '^[0-9]' | sed 's/^/pids: /'"
+    );
+    let output = home.ok(&["run", "busybox", "sh", "-c", &probe]);
+    assert!(output.contains("signal: refused") && output.contains("files: unreachable"), "{output}");
+    assert!(!output.contains("secret"), "{output}");
+    // Its own shell, the pipeline's processes and init: nothing of the other sandbox or the host.
+    let pids: usize = output.lines().find_map(|l| l.strip_prefix("pids: ")).unwrap().trim().parse().unwrap();
+    assert!(pids <= 6, "{pids} processes visible:\n{output}");
+    assert!(common::alive(pid as i64), "the other sandbox's init is unharmed");
+}
