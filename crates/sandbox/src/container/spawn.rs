@@ -155,8 +155,6 @@ struct ChildArgs {
     filter: Option<Vec<libc::sock_filter>>,
     /// The bounding set hiber-init is exec'd with.
     capabilities: Capabilities,
-    /// The highest capability number of this kernel.
-    last_cap: u32,
     /// What of `/proc` is hidden or read-only.
     proc_masks: ProcMasks,
 }
@@ -176,7 +174,6 @@ impl ChildArgs {
             filter: (confinement.seccomp == Seccomp::Default).then(seccomp::default_program),
             capabilities: confinement.capabilities,
             proc_masks: ProcMasks::new(rootfs).map_err(SpawnError::Setup)?,
-            last_cap: capabilities::last_cap().map_err(|e| SpawnError::Setup(format!("capabilities: {e}")))?,
         })
     }
 }
@@ -351,7 +348,7 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
             }
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
         }
-        capabilities::bound(args.capabilities, args.last_cap).map_err(|e| format!("capabilities: {e}"))?;
+        capabilities::bound(args.capabilities).map_err(|e| format!("capabilities: {e}"))?;
         if let Some(filter) = &args.filter {
             seccomp::install(filter).map_err(|e| format!("seccomp filter: {e}"))?;
         }
