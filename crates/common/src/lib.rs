@@ -1,8 +1,9 @@
 //! What every hiber crate shares, once: durable all-or-nothing file writes and mount points ([`fs`]), advisory
-//! file locks ([`lock`]), unix time ([`unix_secs`], [`unix_ms`]) and random ids ([`random_id`]).
+//! file locks ([`lock`]), the loopback interface ([`net`]), unix time ([`unix_secs`], [`unix_ms`]) and random ids ([`random_id`]).
 
 pub mod fs;
 pub mod lock;
+pub mod net;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -5,7 +5,7 @@
 //! so the directory exists only complete. A lock file serialises builders; temporary
 //! directories of dead builders are removed by the next one. debootstrap runs in a private
 //! mount namespace, so the `/proc` and `/sys` it mounts inside the tree vanish with it even when
-//! it is killed.
+//! it is killed. The tree's owners are shifted for sandboxes ([`crate::ids`]) before the rename.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -59,6 +59,9 @@ pub enum DebianError {
         /// A mount point inside it.
         mount: PathBuf,
     },
+    /// Giving the tree the sandboxes' owners failed.
+    #[error(transparent)]
+    Shift(#[from] crate::ids::ShiftError),
     /// A filesystem or process operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -87,8 +90,9 @@ pub(crate) fn cache_dir() -> PathBuf {
 pub(crate) fn cached_rootfs(cache: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, DebianError> {
     let mirror = mirror::find(Path::new(APT_DIR), SUITE)?;
     let params = format!(
-        "suite={SUITE}\nvariant={VARIANT}\ninclude={INCLUDE}\nmirror={mirror}\narch={}\n",
-        std::env::consts::ARCH
+        "suite={SUITE}\nvariant={VARIANT}\ninclude={INCLUDE}\nmirror={mirror}\narch={}\nids={}\n",
+        std::env::consts::ARCH,
+        crate::ids::id_map()
     );
     let hash = blake3::hash(params.as_bytes()).to_hex();
     let key = format!("debian-{SUITE}-{}", &hash[..12]);
@@ -127,6 +131,8 @@ pub(crate) fn cached_rootfs(cache: &Path, progress: &mut dyn FnMut(&str)) -> Res
         if let Some(mount) = mounts_under(&tmp)?.into_iter().next() {
             return Err(DebianError::Mounted { dir: tmp.clone(), mount });
         }
+        // Layers hard-link this tree: its owners are the sandboxes' from the start.
+        crate::ids::shift_tree(&tmp)?;
         let what = || format!("cannot move {} to {}", tmp.display(), done.display());
         let dir = File::open(&tmp).map_err(io_err(what()))?;
         // SAFETY: syncfs only takes a descriptor number; `dir` keeps it open for the call.

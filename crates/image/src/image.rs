@@ -18,6 +18,11 @@ pub struct Image {
     /// Where the image came from, e.g. `busybox 1:1.35.0-4`, `debootstrap bookworm minbase`,
     /// `import /path`.
     pub source: String,
+    /// Whether the layers' owners are stored shifted into the sandboxes' id range
+    /// ([`crate::ids`]). Images made before sandboxes had user namespaces are not, and must be
+    /// made again.
+    #[serde(default)]
+    pub shifted_ids: bool,
 }
 
 /// An image name that does not match `[a-z0-9][a-z0-9._-]{0,63}`.
@@ -70,10 +75,13 @@ mod tests {
             created: 1_700_000_000,
             size_bytes: 2_000_000,
             source: "busybox 1:1.35.0-4".into(),
+            shifted_ids: true,
         };
         let json = serde_json::to_string(&image).unwrap();
         assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);
         let bad = json.replace("0123456789abcdef", "../../../etc");
         assert!(serde_json::from_str::<Image>(&bad).is_err());
+        let old = json.replace(",\"shifted_ids\":true", "");
+        assert!(!serde_json::from_str::<Image>(&old).unwrap().shifted_ids, "an old manifest: {old}");
     }
 }

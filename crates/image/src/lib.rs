@@ -9,6 +9,9 @@
 //!   busybox-static, from a per-machine cached Debian debootstrap, or by importing a directory or
 //!   a tarball.
 //!
+//! Layers are stored with their owners shifted into the range sandboxes see as `0..65536`
+//! ([`ids`]), so every sandbox can share them.
+//!
 //! Manifests are written atomically: an image exists completely or not at all.
 
 #![warn(missing_docs)]
@@ -16,6 +19,7 @@
 mod busybox;
 mod copy;
 mod debian;
+pub mod ids;
 mod image;
 mod import;
 mod layer;

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use crate::busybox::{self, BusyboxError};
 use crate::copy::{copy_tree, CopyError};
 use crate::debian::{self, DebianError};
+use crate::ids::{self, ShiftError};
 use crate::image::{validate_name, Image, NameError};
 use crate::import::{self, ImportError};
-use crate::layer::{LayerError, LayerId, LayerStore};
+use crate::layer::{LayerError, LayerId, LayerStore, Staging};
 
 /// Errors from the image store.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,9 @@ pub enum StoreError {
     /// Copying a tree into a layer failed.
     #[error(transparent)]
     Copy(#[from] CopyError),
+    /// Giving a new layer the sandboxes' owners failed.
+    #[error(transparent)]
+    Shift(#[from] ShiftError),
 }
 
 /// The images of one home directory.
@@ -137,7 +141,7 @@ impl ImageStore {
         let staging = self.layers.staging()?;
         let source = busybox::populate(staging.path(), Path::new(busybox::HOST_BUSYBOX))?;
         progress(&source);
-        let layer = staging.commit()?;
+        let layer = finish(staging)?;
         self.install("busybox", layer, source)
     }
 
@@ -156,7 +160,7 @@ impl ImageStore {
         let hardlink = dev(&rootfs)? == dev(staging.path())?;
         progress(&format!("{} {} into a new layer", if hardlink { "linking" } else { "copying" }, rootfs.display()));
         copy_tree(&rootfs, staging.path(), hardlink)?;
-        let layer = staging.commit()?;
+        let layer = finish(staging)?;
         self.install("debian", layer, debian::source())
     }
 
@@ -166,7 +170,7 @@ impl ImageStore {
         validate_name(name)?;
         let staging = self.layers.staging()?;
         import::import(path, staging.path(), progress)?;
-        let layer = staging.commit()?;
+        let layer = finish(staging)?;
         let shown = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         self.install(name, layer, format!("import {}", shown.display()))
     }
@@ -202,6 +206,7 @@ impl ImageStore {
                 layers: vec![layer.clone()],
                 created: hiber_common::unix_secs(),
                 source,
+                shifted_ids: true,
             };
             let mut json = serde_json::to_vec_pretty(&image).expect("an image serializes");
             json.push(b'\n');
@@ -218,6 +223,12 @@ impl ImageStore {
             }
         }
     }
+}
+
+/// Makes a filled staging directory an image layer, its owners shifted for sandboxes.
+fn finish(staging: Staging) -> Result<LayerId, StoreError> {
+    ids::shift_tree(staging.path())?;
+    Ok(staging.commit()?)
 }
 
 #[cfg(test)]
@@ -275,7 +286,9 @@ mod tests {
         assert_eq!(lines, std::slice::from_ref(&image.source));
 
         let root = store.layers().path(&image.layers[0]);
+        assert!(image.shifted_ids);
         let bin = fs::metadata(root.join("bin/busybox")).unwrap();
+        assert_eq!((bin.uid(), bin.gid()), (ids::HOST_BASE, ids::HOST_BASE), "owned by the sandboxes' root");
         assert_eq!(bin.permissions().mode() & 0o111, 0o111);
         assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
         assert_eq!(fs::read_link(root.join("usr/bin/env")).unwrap(), Path::new("/bin/busybox"));
@@ -331,6 +344,7 @@ mod tests {
             assert_eq!(fs::read(root.join("usr/bin/hello")).unwrap(), b"hello");
             let mode = fs::metadata(root.join("usr/bin/hello")).unwrap().permissions().mode();
             assert_eq!(mode & 0o7777, 0o750);
+            assert_eq!(fs::metadata(root.join("usr/bin/hello")).unwrap().uid(), ids::HOST_BASE);
             assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
         }
         let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
@@ -404,6 +418,7 @@ mod tests {
             created: 0,
             size_bytes: 0,
             source: "test".into(),
+            shifted_ids: true,
         };
         let json = serde_json::to_vec(&ghost).unwrap();
         hiber_common::fs::write_atomic(&home.path().join("images/ghost.json"), &json).unwrap();
@@ -427,6 +442,7 @@ mod tests {
             created: 0,
             size_bytes: 0,
             source: "test".into(),
+            shifted_ids: true,
         };
         let layers = home.path().join("layers");
         assert_eq!(store.lower_dirs(&image), [layers.join(top.as_str()), layers.join(bottom.as_str())]);

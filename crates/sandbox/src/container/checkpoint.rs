@@ -135,7 +135,8 @@ impl ContainerBackend {
         let images = dir.dump();
         let _ = fs::remove_dir_all(&images);
         fs::create_dir_all(&images).map_err(io_error(&images))?;
-        criu.dump(record.init_pid, &images, &self.cgroup(record).freezer_dir(), &dir.dump_log())?;
+        let freezer = self.cgroup(record).freezer_dir();
+        criu.dump(record.init_pid, &images, &freezer, &dir.dump_log(), record.user_namespace)?;
         for rel in files_below(&images).map_err(io_error(&images))? {
             pending.add_file(&format!("{CRIU_DIR}/{rel}"), &images.join(&rel))?;
         }
@@ -155,7 +156,11 @@ impl ContainerBackend {
             hiber_version: env!("CARGO_PKG_VERSION").to_string(),
             created: hiber_common::unix_secs(),
             files: Vec::new(),
-            backend: BackendState::Container { criu_version: criu.version.clone(), layers },
+            backend: BackendState::Container {
+                criu_version: criu.version.clone(),
+                layers,
+                user_namespace: record.user_namespace,
+            },
         };
         Ok(pending.seal(manifest)?)
     }
@@ -216,23 +221,27 @@ impl ContainerBackend {
         self.recover_snapshots();
         let id = self.snapshots.resolve(snapshot)?;
         let manifest = self.snapshots.verify(&id)?;
-        let Some(layers) = layers(&manifest) else {
+        let BackendState::Container { layers, user_namespace, .. } = &manifest.backend else {
             return Err(StoreError::Incomplete { id, what: "a container backend part".into() }.into());
         };
         if let Some(layer) = layers.iter().find(|l| !self.layers_dir.join(l).is_dir()) {
             return Err(StoreError::Incomplete { id, what: format!("layer {layer}") }.into());
         }
         let lowers = layers.iter().map(|l| self.layers_dir.join(l)).collect();
-        let record = SandboxRecord::new(
-            name.map(str::to_string),
-            manifest.image.clone(),
-            lowers,
-            Some(manifest.id.clone()),
-            manifest.limits,
-            manifest.main.clone(),
-        );
+        let record = SandboxRecord {
+            user_namespace: *user_namespace,
+            ..SandboxRecord::new(
+                name.map(str::to_string),
+                manifest.image.clone(),
+                lowers,
+                Some(manifest.id.clone()),
+                manifest.limits,
+                manifest.main.clone(),
+            )
+        };
         let images = self.snapshots.open(&id)?.join(CRIU_DIR);
-        self.launch_sandbox(record, Start::Restore { criu: &criu, images: &images })
+        let hook = user_namespace.then_some(self.init_binary.as_path());
+        self.launch_sandbox(record, Start::Restore { criu: &criu, images: &images, hook })
     }
 
     /// Removes every layer no image, snapshot or sandbox uses; returns how many. Removes nothing

@@ -55,10 +55,27 @@ pub enum CriuError {
 const COMMON_FLAGS: [&str; 5] =
     ["--tcp-established", "--file-locks", "--link-remap", "--manage-cgroups=ignore", "--network-lock=skip"];
 
-/// The key naming the sandbox's network namespace as external: hiber makes
-/// a fresh one (loopback only, like every sandbox's) for each restore
-/// instead of CRIU saving and replaying it with `ip` and `iptables-save`.
+/// The key naming the network namespace of a sandbox in the host's user
+/// namespace as external: hiber makes a fresh one (loopback only, like every
+/// sandbox's) for each restore instead of CRIU saving and replaying it with
+/// `ip` and `iptables-save`.
 const NETNS_KEY: &str = "hiber-netns";
+
+/// The network namespace a restored tree gets: a new one with loopback only,
+/// like every sandbox's, made one of two ways.
+pub enum RestoreNetns<'a> {
+    /// Made by hiber and open at this descriptor, which the command inherits: for trees in
+    /// the host's user namespace (snapshots from before sandboxes had their own).
+    Inherited(i32),
+    /// Made by CRIU inside the tree's user namespace; `hook` (hiber-init as CRIU's action
+    /// script) brings its loopback up and sets `hostname` before any process runs.
+    Empty {
+        /// The action script.
+        hook: &'a Path,
+        /// The restored sandbox's hostname.
+        hostname: &'a str,
+    },
+}
 
 /// A usable CRIU binary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,27 +119,55 @@ impl Criu {
     /// Dumps the process tree rooted at `pid` into `images`, using the
     /// freezer cgroup `freezer` (already frozen by the caller, so the tree
     /// stays frozen afterwards and the caller decides what happens next).
-    pub fn dump(&self, pid: i32, images: &Path, freezer: &Path, log: &Path) -> Result<(), CriuError> {
+    /// The tree's network namespace is not saved: a tree in a user namespace
+    /// of its own gets a new one on restore ([`RestoreNetns::Empty`]), any
+    /// other's is named as external ([`RestoreNetns::Inherited`]).
+    pub fn dump(
+        &self,
+        pid: i32,
+        images: &Path,
+        freezer: &Path,
+        log: &Path,
+        user_namespace: bool,
+    ) -> Result<(), CriuError> {
         let mut cmd = Command::new(&self.path);
         cmd.arg("dump").arg("--tree").arg(pid.to_string()).arg("--images-dir").arg(images);
         cmd.arg("--freeze-cgroup").arg(freezer).arg("--leave-running").arg("--log-file").arg(log);
         cmd.args(COMMON_FLAGS);
-        let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-            .map_err(|source| CriuError::Spawn { path: format!("/proc/{pid}/ns/net").into(), source })?;
-        cmd.arg("--external").arg(format!("net[{}]:{NETNS_KEY}", std::os::unix::fs::MetadataExt::ino(&netns)));
+        if user_namespace {
+            cmd.args(["--empty-ns", "net"]);
+        } else {
+            let netns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                .map_err(|source| CriuError::Spawn { path: format!("/proc/{pid}/ns/net").into(), source })?;
+            cmd.arg("--external").arg(format!("net[{}]:{NETNS_KEY}", std::os::unix::fs::MetadataExt::ino(&netns)));
+        }
         self.run(cmd, "dump", log)
     }
 
     /// The command restoring `images` onto the mounted root `root`,
-    /// detached, with the restored root's host pid written to `pidfile`.
-    /// The tree joins the network namespace open at descriptor `netns`
-    /// (which the command must inherit).
-    pub fn restore_command(&self, images: &Path, root: &Path, pidfile: &Path, log: &Path, netns: i32) -> Command {
+    /// detached, with the restored root's host pid written to `pidfile`,
+    /// into the network namespace `netns` says.
+    pub fn restore_command(
+        &self,
+        images: &Path,
+        root: &Path,
+        pidfile: &Path,
+        log: &Path,
+        netns: RestoreNetns,
+    ) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg("restore").arg("--images-dir").arg(images).arg("--root").arg(root);
         cmd.arg("--restore-detached").arg("--pidfile").arg(pidfile).arg("--log-file").arg(log);
         cmd.args(COMMON_FLAGS);
-        cmd.arg("--inherit-fd").arg(format!("fd[{netns}]:{NETNS_KEY}"));
+        match netns {
+            RestoreNetns::Inherited(fd) => {
+                cmd.arg("--inherit-fd").arg(format!("fd[{fd}]:{NETNS_KEY}"));
+            }
+            RestoreNetns::Empty { hook, hostname } => {
+                cmd.args(["--empty-ns", "net"]).arg("--action-script").arg(hook);
+                cmd.env(hiber_proto::RESTORE_HOSTNAME_ENV, hostname);
+            }
+        }
         cmd
     }
 

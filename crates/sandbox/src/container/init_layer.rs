@@ -1,14 +1,16 @@
 //! hiber's own read-only layer, the top of every sandbox's layer stack:
 //! hiber-init at [`hiber_proto::INIT_PATH`], the in-sandbox Python SDK at
 //! [`SDK_PATH`], the device nodes of a minimal `/dev`, and the mount points
-//! the sandbox needs. Named after a hash of the hiber-init binary and the
-//! SDK, made once and never changed, so snapshots can rely on it.
+//! the sandbox needs, all owned by the sandboxes' root ([`hiber_image::ids`]).
+//! Named after a hash of the hiber-init binary, the SDK and the id mapping,
+//! made once and never changed, so snapshots can rely on it.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use hiber_image::ids;
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
 /// Errors preparing the layer.
@@ -133,11 +135,11 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
     result.map(|()| layer)
 }
 
-/// The layer's content hash: hiber-init's bytes, then the SDK's, each
-/// preceded by its length so no two pairs hash alike.
+/// The layer's content hash: hiber-init's bytes, then the SDK's, then the
+/// owners' id mapping, each preceded by its length so no two sets hash alike.
 fn layer_hash(init: &[u8], sdk: &[u8]) -> String {
     let mut hasher = blake3::Hasher::new();
-    for part in [init, sdk] {
+    for part in [init, sdk, ids::id_map().as_bytes()] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
@@ -166,7 +168,7 @@ fn build(root: &Path, init: &[u8], sdk: &[u8]) -> io::Result<()> {
     for (name, target) in DEV_LINKS {
         symlink(target, root.join("dev").join(name))?;
     }
-    Ok(())
+    ids::shift_tree(root).map_err(|e| e.source)
 }
 
 #[cfg(test)]
@@ -203,6 +205,8 @@ mod tests {
         assert_eq!(lib.permissions().mode() & 0o7777, 0o755);
         let null = fs::metadata(layer.join("dev/null")).unwrap();
         assert!(null.file_type().is_char_device());
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((null.uid(), null.gid()), (ids::HOST_BASE, ids::HOST_BASE), "owned by the sandboxes' root");
         assert_eq!(null.permissions().mode() & 0o777, 0o666);
         assert_eq!(fs::read_link(layer.join("dev/ptmx")).unwrap(), PathBuf::from("pts/ptmx"));
         assert_eq!(fs::metadata(layer.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);

@@ -189,6 +189,13 @@ impl ContainerBackend {
     }
 
     fn start(&self, record: &SandboxRecord, dir: &SandboxDir, start: Start) -> Result<SandboxRecord, SandboxError> {
+        if record.user_namespace {
+            // The root directory of the sandbox is its upper directory's: owned by its root.
+            let upper = dir.upper();
+            fs::create_dir_all(&upper).map_err(io_error(&upper))?;
+            let root = hiber_image::ids::to_host(0);
+            std::os::unix::fs::chown(&upper, root, root).map_err(io_error(&upper))?;
+        }
         Overlay { lowers: record.lowers.clone(), upper: dir.upper(), work: dir.work(), target: dir.rootfs() }
             .mount()?;
         let cgroup = self.cgroup(record);
@@ -274,7 +281,7 @@ pub fn dial_in_netns(pid: i32, port: u16) -> io::Result<TcpStream> {
     // the socket stays in the namespace it was made in.
     std::thread::spawn(move || {
         setns(&netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-        spawn::loopback_up()?;
+        hiber_common::net::loopback_up()?;
         TcpStream::connect((Ipv4Addr::LOCALHOST, port))
     })
     .join()
@@ -292,6 +299,12 @@ impl Backend for ContainerBackend {
         }
         let images = ImageStore::open(&self.home).map_err(|e| SandboxError::Image(e.to_string()))?;
         let image = images.get(&spec.image).map_err(|e| SandboxError::Image(e.to_string()))?;
+        if !image.shifted_ids {
+            return Err(SandboxError::Image(format!(
+                "image '{}' was made for sandboxes without user namespaces: make it again (see `hiber image --help`)",
+                image.name
+            )));
+        }
         let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
         lowers.extend(images.lower_dirs(&image));
         let record = SandboxRecord::new(spec.name, image.name.clone(), lowers, None, spec.limits, spec.main);

@@ -40,6 +40,11 @@ pub struct SandboxRecord {
     pub init_pid: i32,
     /// hiber-init's start time in clock ticks after boot; tells a reused pid apart.
     pub init_start: u64,
+    /// Whether it runs in a user namespace of its own, root inside being an unprivileged host
+    /// uid ([`hiber_image::ids`]). Sandboxes started from snapshots taken before hiber gave
+    /// them one run in the host's.
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 impl SandboxRecord {
@@ -66,6 +71,7 @@ impl SandboxRecord {
             shim_pid: 0,
             init_pid: 0,
             init_start: 0,
+            user_namespace: true,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Starting a sandbox's process tree.
 //!
 //! The caller forks a *shim*: it leaves the caller's session, becomes a child
-//! subreaper, and clones hiber-init into new pid, mount, uts, ipc and net
-//! namespaces. The shim then stays as the parent of the sandbox: it reaps
+//! subreaper, and clones hiber-init into new user, pid, mount, uts, ipc and net
+//! namespaces. The user namespace maps the sandbox's ids `0..65536` to the
+//! host's unprivileged range ([`hiber_image::ids`]), written by the shim before
+//! the child goes on; the child then becomes root of it. The shim then stays as the parent of the sandbox: it reaps
 //! hiber-init (and anything orphaned to it), records the exit code, and ends.
 //! So nothing is left for the machine's own PID 1 to adopt, and no daemon is
 //! needed: `hiber run -d` returns while the shim carries on.
@@ -24,12 +26,12 @@ use std::process::Command;
 
 use hiber_proto::{InitConfig, INIT_PATH};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::unistd::{chdir, pivot_root, sethostname, setsid};
+use nix::unistd::{chdir, pivot_root, sethostname, setsid, Gid, Uid};
 
 use hiber_common::fs::write_json_atomic;
 
 use super::cgroup::Cgroup;
-use super::criu::Criu;
+use super::criu::{Criu, RestoreNetns};
 use super::proc_masks::ProcMasks;
 use super::record::ExitRecord;
 use super::runtime::SandboxDir;
@@ -65,6 +67,10 @@ pub enum Start<'a> {
         criu: &'a Criu,
         /// The process image.
         images: &'a Path,
+        /// For a tree dumped in a user namespace of its own: hiber-init's host
+        /// path, CRIU's action script ([`RestoreNetns::Empty`]). `None` for
+        /// snapshots from before sandboxes had user namespaces.
+        hook: Option<&'a Path>,
     },
 }
 
@@ -191,14 +197,8 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
         Err(_) => return 1,
     };
     let mut report = File::from(report);
-    let started = match (&mut launch.start, args) {
-        (Start::Restore { criu, images }, _) => fresh_netns()
-            .and_then(|netns| {
-                let (pidfile, log) = (launch.dir.restore_pidfile(), launch.dir.restore_log());
-                let mut command = criu.restore_command(images, &launch.dir.rootfs(), &pidfile, &log, netns.as_raw_fd());
-                restore_tree(launch.cgroup, &mut command, &pidfile, &log)
-            })
-            .and_then(|pid| set_hostname(pid, launch.hostname).map(|()| pid)),
+    let started = match (&launch.start, args) {
+        (Start::Restore { criu, images, hook }, _) => restore(launch, criu, images, *hook),
         (Start::Fresh { .. }, Some(args)) => start_init(launch, args),
         (Start::Fresh { .. }, None) => unreachable!("fresh starts prepare their arguments"),
     };
@@ -212,6 +212,25 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
             drop(report);
             reap_until_empty(init_pid, &launch.dir.exit());
             0
+        }
+    }
+}
+
+/// Restores the tree with CRIU and gives it its hostname.
+fn restore(launch: &Launch, criu: &Criu, images: &Path, hook: Option<&Path>) -> Result<i32, SpawnError> {
+    let (pidfile, log, root) = (launch.dir.restore_pidfile(), launch.dir.restore_log(), launch.dir.rootfs());
+    match hook {
+        Some(hook) => {
+            let netns = RestoreNetns::Empty { hook, hostname: launch.hostname };
+            restore_tree(launch.cgroup, &mut criu.restore_command(images, &root, &pidfile, &log, netns), &pidfile, &log)
+        }
+        None => {
+            let netns = fresh_netns()?;
+            let mut command =
+                criu.restore_command(images, &root, &pidfile, &log, RestoreNetns::Inherited(netns.as_raw_fd()));
+            let pid = restore_tree(launch.cgroup, &mut command, &pidfile, &log)?;
+            set_hostname(pid, launch.hostname)?;
+            Ok(pid)
         }
     }
 }
@@ -257,8 +276,12 @@ fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
     let (mut sync_r, mut sync_w) = pipe()?;
     let (mut err_r, mut err_w) = pipe()?;
     let clone = CloneArgs {
-        flags: (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET)
-            as u64,
+        flags: (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET) as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
@@ -292,6 +315,10 @@ fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
         kill();
         return Err(SpawnError::Setup(e.to_string()));
     }
+    if let Err(e) = map_ids(pid) {
+        kill();
+        return Err(e);
+    }
     let _ = sync_w.write_all(&[1]);
     drop(sync_w);
     let mut error = String::new();
@@ -303,15 +330,41 @@ fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
     Ok(pid)
 }
 
+/// Maps the ids of `pid`'s new user namespace to the sandboxes' host range.
+fn map_ids(pid: i32) -> Result<(), SpawnError> {
+    let map = hiber_image::ids::id_map();
+    for file in ["uid_map", "gid_map"] {
+        std::fs::write(format!("/proc/{pid}/{file}"), &map).map_err(|e| SpawnError::Sys("writing the id map", e))?;
+    }
+    Ok(())
+}
+
 /// In the cloned child: set up the root and exec hiber-init. Returns only on
 /// failure, with what failed.
 fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
     let step = |what: &str, r: nix::Result<()>| r.map_err(|e| format!("{what}: {e}"));
     let result = (|| -> Result<(), String> {
+        // Root of the new user namespace, with none of the host's groups.
+        step("setgroups", nix::unistd::setgroups(&[]))?;
+        let root = (Gid::from_raw(0), Uid::from_raw(0));
+        step("setresgid", nix::unistd::setresgid(root.0, root.0, root.0))?;
+        step("setresuid", nix::unistd::setresuid(root.1, root.1, root.1))?;
         step("setsid", setsid().map(drop))?;
         step(
             "make / private",
             mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>),
+        )?;
+        // Mounts inherited from the host are locked in a user namespace, and a locked mount
+        // cannot become the root: bind the root onto itself, a mount of this namespace's own.
+        step(
+            "bind the root",
+            mount(
+                Some(args.rootfs.as_c_str()),
+                args.rootfs.as_c_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
         )?;
         let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
         step(
@@ -334,7 +387,7 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
         step("detach the host's root", umount2(".", MntFlags::MNT_DETACH))?;
         step("chdir /", chdir("/"))?;
         step("sethostname", sethostname(launch.hostname))?;
-        loopback_up().map_err(|e| format!("loopback up: {e}"))?;
+        hiber_common::net::loopback_up().map_err(|e| format!("loopback up: {e}"))?;
         let null = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -356,34 +409,6 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
         Err(format!("exec {INIT_PATH}: {err}"))
     })();
     result.err().unwrap_or_default()
-}
-
-/// Brings up the loopback interface of the calling thread's network
-/// namespace (a no-op when it is up already).
-pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: a plain socket for interface ioctls, owned by `fd`; ifreq is a
-    // C struct for which all-zero is valid; both ioctls read/write only `req`.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let mut req: libc::ifreq = std::mem::zeroed();
-        req.ifr_name[0] = b'l' as libc::c_char;
-        req.ifr_name[1] = b'o' as libc::c_char;
-        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let up = libc::IFF_UP as libc::c_short;
-        if req.ifr_ifru.ifru_flags & up == 0 {
-            req.ifr_ifru.ifru_flags |= up;
-            if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Runs CRIU's restore from inside the sandbox's cgroup (so the restored
@@ -414,7 +439,7 @@ fn fresh_netns() -> Result<OwnedFd, SpawnError> {
     let io = |what: &'static str| move |e: nix::Error| SpawnError::Sys(what, e.into());
     let host = File::open("/proc/self/ns/net").map_err(|e| SpawnError::Sys("opening the host's netns", e))?;
     unshare(CloneFlags::CLONE_NEWNET).map_err(io("creating a network namespace"))?;
-    let made = loopback_up()
+    let made = hiber_common::net::loopback_up()
         .and_then(|()| File::open("/proc/self/ns/net"))
         .map_err(|e| SpawnError::Sys("preparing the network namespace", e));
     // The shim itself stays in the host's namespace.

@@ -68,6 +68,10 @@ pub enum BackendState {
         /// Layer ids under `HOME/layers`, top-most first: the sandbox's files at snapshot time,
         /// then everything below them.
         layers: Vec<String>,
+        /// Whether the tree ran in a user namespace of its own (false in snapshots from before
+        /// hiber gave sandboxes one: they restore into the host's).
+        #[serde(default)]
+        user_namespace: bool,
     },
     /// Kept in memory by the fake backend that tests use (`hiber_sandbox::fake`).
     Memory,
@@ -136,8 +140,11 @@ mod tests {
     fn version_1_manifests_are_read_with_their_container_part() {
         let m = Manifest::from_json(V1).unwrap();
         assert_eq!((m.format_version, m.id.as_str(), m.name.as_deref()), (2, "9d2686a3ff0e", Some("v1snap")));
-        let BackendState::Container { criu_version, layers } = &m.backend else { panic!("{:?}", m.backend) };
+        let BackendState::Container { criu_version, layers, user_namespace } = &m.backend else {
+            panic!("{:?}", m.backend)
+        };
         assert_eq!(criu_version, "4.2.1");
+        assert!(!user_namespace, "snapshots from before user namespaces restore into the host's");
         assert_eq!(layers, &["1f26876a85ca1447", "hiber-init-28937adb02591c8d", "da589b2494991787"]);
         assert_eq!(m.files.first().map(|f| f.path.as_str()), Some("criu/cgroup.img"));
         assert_eq!(m.main.as_ref().map(|p| p.argv[0].as_str()), Some("sh"));
