@@ -242,3 +242,90 @@ fn a_sandbox_can_neither_see_nor_signal_another() {
     assert!(pids <= 6, "{pids} processes visible:\n{output}");
     assert!(common::alive(pid as i64), "the other sandbox's init is unharmed");
 }
+
+/// The host's first disk in `/proc/partitions`: (major, minor).
+fn host_disk() -> (u32, u32) {
+    let partitions = std::fs::read_to_string("/proc/partitions").unwrap();
+    let line = partitions.lines().skip(2).find(|l| !l.trim().is_empty()).expect("a disk");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[0].parse().unwrap(), f[1].parse().unwrap())
+}
+
+/// Attempts on the host's disk, processes and cgroups, each printing `NAME: RESULT`: argument 1 is
+/// a host process's pid, 2 and 3 the disk's major and minor.
+const REACH: &str = r#"
+import ctypes, errno, os, subprocess, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+def run(name, *argv):
+    r = subprocess.run(argv, capture_output=True, text=True)
+    print(name + ":", "ok" if r.returncode == 0 else "refused " + r.stderr.strip().replace("\n", " "))
+run("mknod", "mknod", "/tmp/disk", "b", sys.argv[2], sys.argv[3])
+run("dd", "dd", "if=/tmp/disk", "of=/dev/null", "bs=512", "count=1")
+os.makedirs("/tmp/m", exist_ok=True)
+run("mount-disk", "mount", "-o", "ro", "/tmp/disk", "/tmp/m")
+run("mount-cgroup", "mount", "-t", "cgroup", "-o", "memory", "cgroup", "/tmp/m")
+run("release_agent", "sh", "-c", "test -f /tmp/m/cgroup.procs && echo /tmp/x > /tmp/m/release_agent")
+def attach(pid):
+    if libc.ptrace(16, pid, 0, 0) != 0:
+        return errno.errorcode[ctypes.get_errno()]
+    libc.ptrace(17, pid, 0, 0)
+    return "attached"
+print("ptrace-host:", attach(int(sys.argv[1])))
+child = os.fork()
+if child == 0:
+    time.sleep(100)
+    os._exit(0)
+print("ptrace-own:", attach(child))
+os.kill(child, 9)
+"#;
+
+fn assert_out_of_reach(output: &str) {
+    for attempt in ["mknod", "dd", "mount-disk", "mount-cgroup", "release_agent"] {
+        let line = output.lines().find(|l| l.starts_with(&format!("{attempt}: "))).unwrap_or_default();
+        assert!(line.contains("refused"), "{attempt} was not refused: {line:?}\n{output}");
+    }
+    assert!(output.contains("mknod: refused") && output.contains("Operation not permitted"), "{output}");
+    assert!(output.contains("ptrace-host: ESRCH"), "a host process was reachable:\n{output}");
+    assert!(output.contains("ptrace-own: attached"), "ptrace does not work inside:\n{output}");
+}
+
+#[test]
+fn host_disks_processes_and_cgroups_are_out_of_reach_with_every_capability_before_and_after_a_restore() {
+    require!();
+    let dir = tempfile::tempdir().unwrap();
+    let (major, minor) = host_disk();
+    let node = dir.path().join("disk");
+    // On the host, its root makes the node (this machine refuses even it the reading).
+    let made = std::process::Command::new("mknod")
+        .arg(&node)
+        .args(["b", &major.to_string(), &minor.to_string()])
+        .status()
+        .unwrap();
+    assert!(made.success(), "the host's root could not mknod");
+    let host_process = Killed(std::process::Command::new("sleep").arg("100").spawn().unwrap());
+    let pid = host_process.0.id().to_string();
+    let args = [pid.as_str(), &major.to_string(), &minor.to_string()].map(String::from);
+
+    let home = Home::new();
+    home.debian();
+    let mut run = vec!["run", "--cap-add", "ALL", "debian", "python3", "-c", REACH];
+    run.extend(args.iter().map(String::as_str));
+    assert_out_of_reach(&home.ok(&run));
+
+    let id = home.detached(&["--cap-add", "ALL", "debian", "sleep", "1000"]);
+    let snapshot = home.ok(&["snapshot", &id]);
+    let restored = home.ok(&["restore", snapshot.trim()]).trim().to_string();
+    let mut exec = vec!["exec", restored.as_str(), "python3", "-c", REACH];
+    exec.extend(args.iter().map(String::as_str));
+    assert_out_of_reach(&home.ok(&exec));
+}
+
+/// A child process of the test, killed and reaped when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

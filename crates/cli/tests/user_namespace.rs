@@ -1,0 +1,188 @@
+//! End-to-end tests of the sandboxes' user namespace: root inside is an unprivileged uid on the
+//! host, files keep the owners they were given inside (on disk they are shifted), and processes
+//! of any uid snapshot, restore and fork.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use common::{can_snapshot, eventually, Home};
+use hiber_image::ids::HOST_BASE;
+
+macro_rules! require {
+    () => {
+        if !can_snapshot(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// The real, effective, saved and filesystem uids of host process `pid`.
+fn host_uids(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// `ls -ln`'s owner columns of each path, inside sandbox `id`.
+fn owners_inside(home: &Home, id: &str, paths: &[&str]) -> Vec<String> {
+    let mut args = vec!["exec", id, "ls", "-lnd"];
+    args.extend_from_slice(paths);
+    let listing = home.ok(&args);
+    listing
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {}", f[2], f[3])
+        })
+        .collect()
+}
+
+#[test]
+fn root_inside_is_an_unprivileged_host_uid_and_files_keep_their_owners_across_a_restore() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let id = home.detached(&[
+        "busybox",
+        "sh",
+        "-c",
+        "touch /by-root; touch /by-app; chown 1234:1235 /by-app; touch /ready; sleep 1000",
+    ]);
+    let upper = home.path().join("sandboxes").join(&id).join("upper");
+    assert!(eventually(Duration::from_secs(5), || upper.join("ready").exists()), "the sandbox wrote nothing");
+    let id_map = home.ok(&["exec", &id, "cat", "/proc/self/uid_map"]);
+    assert_eq!(id_map.split_whitespace().collect::<Vec<_>>(), ["0", "1000000000", "65536"]);
+    assert_eq!(home.ok(&["exec", &id, "id", "-u"]).trim(), "0");
+
+    // On the host: the sandbox's root is uid 1000000000, and so are the files it made.
+    let init = home.host(&id).init_pid;
+    let base = HOST_BASE.to_string();
+    assert_eq!(host_uids(init), [base.as_str(); 4].join(" "), "hiber-init on the host");
+    let owner = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner(&upper.join("by-root")), (HOST_BASE, HOST_BASE));
+    assert_eq!(owner(&upper.join("by-app")), (HOST_BASE + 1234, HOST_BASE + 1235));
+    // Inside, the owners are the ones given there; the image's files are root's.
+    let expected = ["0 0", "1234 1235", "0 0"];
+    assert_eq!(owners_inside(&home, &id, &["/by-root", "/by-app", "/bin/busybox"]), expected);
+
+    let snapshot = home.ok(&["snapshot", &id]).trim().to_string();
+    let restored = home.ok(&["restore", &snapshot]).trim().to_string();
+    assert_eq!(owners_inside(&home, &restored, &["/by-root", "/by-app", "/bin/busybox"]), expected);
+    assert_eq!(host_uids(home.host(&restored).init_pid), [base.as_str(); 4].join(" "), "the restored init");
+    let id_map = home.ok(&["exec", &restored, "cat", "/proc/1/uid_map"]);
+    assert_eq!(id_map.split_whitespace().collect::<Vec<_>>(), ["0", "1000000000", "65536"]);
+    // The snapshot's layer holds the shifted owners: no copy, no mapping at mount time.
+    let layers = home.path().join("layers");
+    let layer = std::fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("by-app").exists())
+        .expect("the snapshot's layer");
+    assert_eq!(owner(&layer.join("by-app")), (HOST_BASE + 1234, HOST_BASE + 1235));
+}
+
+/// A Python process that drops to uid and gid 1000, keeps a random token and a counter in
+/// memory, and answers `uid token count` on 127.0.0.1:7000.
+const SERVER: &str = r#"
+import os, socket, threading, time
+os.setgroups([]); os.setgid(1000); os.setuid(1000)
+token = os.urandom(8).hex()
+count = 0
+def tick():
+    global count
+    while True:
+        count += 1
+        time.sleep(0.02)
+threading.Thread(target=tick, daemon=True).start()
+open("/tmp/by-1000", "w").write(token)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 7000))
+s.listen()
+while True:
+    c, _ = s.accept()
+    c.sendall(f"{os.getuid()} {token} {count}\n".encode())
+    c.close()
+"#;
+
+/// Asks the server in sandbox `id`: (uid, token, count).
+fn ask(home: &Home, id: &str) -> (String, String, u64) {
+    let client = "import socket; s = socket.create_connection(('127.0.0.1', 7000)); print(s.recv(100).decode())";
+    let answer = home.ok(&["exec", id, "python3", "-c", client]);
+    let f: Vec<&str> = answer.split_whitespace().collect();
+    assert_eq!(f.len(), 3, "{answer:?}");
+    (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap())
+}
+
+#[test]
+fn a_process_of_another_uid_keeps_its_memory_across_snapshot_restore_and_fork() {
+    require!();
+    let home = Home::new();
+    home.debian();
+    let id = home.detached(&["debian", "python3", "-c", SERVER]);
+    assert!(
+        eventually(Duration::from_secs(10), || home.run(&["exec", &id, "test", "-s", "/tmp/by-1000"]).code == 0),
+        "the server did not start"
+    );
+    let (uid, token, before) = ask(&home, &id);
+    assert_eq!(uid, "1000");
+    let snapshot = home.ok(&["snapshot", &id]).trim().to_string();
+
+    let restored = home.ok(&["restore", &snapshot]).trim().to_string();
+    let forks: Vec<String> = home.ok(&["fork", &snapshot, "-n", "2"]).split_whitespace().map(String::from).collect();
+    assert_eq!(forks.len(), 2);
+    for sandbox in std::iter::once(&restored).chain(&forks) {
+        let (uid, same_token, after) = ask(&home, sandbox);
+        assert_eq!((uid.as_str(), same_token.as_str()), ("1000", token.as_str()), "in {sandbox}");
+        assert!(after >= before, "the count went back from {before} to {after} in {sandbox}");
+        let ps = home.ok(&["exec", sandbox, "ps", "-o", "uid=,args=", "-C", "python3"]);
+        assert!(ps.trim_start().starts_with("1000 python3"), "{ps}");
+        assert_eq!(owners_inside(&home, sandbox, &["/tmp/by-1000"]), ["1000 1000"]);
+    }
+    // The forks are independent: a count moves on in each alone.
+    let (_, _, a) = ask(&home, &forks[0]);
+    home.ok(&["stop", &forks[1]]);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, _, b) = ask(&home, &forks[0]);
+    assert!(b > a, "fork 0 stopped counting when fork 1 stopped ({a} -> {b})");
+}
+
+#[test]
+fn setuid_programs_and_su_work_inside() {
+    require!();
+    let home = Home::new();
+    home.debian();
+    let script = r#"
+stat -c 'su: %a %u' /usr/bin/su
+cp /usr/bin/id /tmp/id-setuid && chmod 4755 /tmp/id-setuid
+setpriv --reuid=1000 --regid=1000 --clear-groups sh -c 'echo "plain: $(id -u)"; echo "setuid: $(/tmp/id-setuid -u)"'
+echo "su: $(su -s /bin/sh nobody -c 'id -u')"
+"#;
+    let output = home.ok(&["run", "debian", "sh", "-c", script]);
+    for line in ["su: 4755 0", "plain: 1000", "setuid: 0", "su: 65534"] {
+        assert!(output.lines().any(|l| l == line), "no {line:?} in:\n{output}");
+    }
+}
+
+#[test]
+fn images_made_before_user_namespaces_are_refused_with_one_line() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let manifest = home.path().join("images/busybox.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut image: serde_json::Value = serde_json::from_str(&text).unwrap();
+    image.as_object_mut().unwrap().remove("shifted_ids");
+    std::fs::write(&manifest, serde_json::to_vec(&image).unwrap()).unwrap();
+    let refused = home.run(&["run", "busybox", "true"]);
+    assert_eq!(refused.code, 125, "{}", refused.stderr);
+    let message = refused.stderr.trim();
+    assert!(message.contains("image 'busybox' was made for sandboxes without user namespaces"), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(home.ps().is_empty(), "nothing is left of the refused run");
+}
