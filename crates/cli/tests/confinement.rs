@@ -170,11 +170,16 @@ echo h 2>/dev/null > /proc/sysrq-trigger && echo "sysrq: written" || echo "sysrq
 mount -o remount,rw /proc/sys 2>/dev/null && echo "remount: done" || echo "remount: refused"
 echo "keys: $(wc -c < /proc/keys) bytes"
 echo "timer_list: $(wc -c < /proc/timer_list) bytes"
+echo "acpi: $(ls -A /proc/acpi | wc -l) entries"
+touch /proc/acpi/x 2>/dev/null && echo "acpi-write: done" || echo "acpi-write: refused"
 "#;
 
 fn assert_hidden(output: &str) {
-    for attempt in ["sysctl", "sysrq", "remount"] {
+    for attempt in ["sysctl", "sysrq", "remount", "acpi-write"] {
         assert!(output.contains(&format!("{attempt}: refused")), "{attempt} was not refused:\n{output}");
+    }
+    if std::path::Path::new("/proc/acpi").is_dir() {
+        assert!(output.contains("acpi: 0 entries"), "/proc/acpi is not masked:\n{output}");
     }
     for masked in ["keys", "timer_list"] {
         assert!(output.contains(&format!("{masked}: 0 bytes")), "{masked} is not masked:\n{output}");

@@ -50,8 +50,9 @@ pub const SDK_PATH: &str = "/usr/lib/python3/dist-packages/hiber.py";
 const SDK_MODULE: &str = include_str!("../../../../sdk/agent/hiber.py");
 
 /// Directories and their modes.
-const DIRS: [(&str, u32); 13] = [
+const DIRS: [(&str, u32); 14] = [
     (".hiber", 0o755),
+    (super::proc_masks::EMPTY_DIR, 0o555),
     ("dev", 0o755),
     ("dev/pts", 0o755),
     ("dev/shm", 0o1777),
@@ -80,13 +81,13 @@ pub fn locate_binary() -> Result<PathBuf, InitLayerError> {
 }
 
 /// Who `binary` is on disk (device, inode, size, modification time) and
-/// which SDK goes with it: while that stays the same, its layer's name (a
+/// which SDK and layout go with it: while that stays the same, its layer's name (a
 /// content hash) is read from a cache instead of hashing megabytes again.
 fn identity(binary: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(binary).ok()?;
-    let sdk = blake3::hash(SDK_MODULE.as_bytes()).to_hex();
-    Some(format!("{} {} {} {}.{} {}", m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), &sdk[..16]))
+    let rest = blake3::hash(format!("{SDK_MODULE}{}", layout()).as_bytes()).to_hex();
+    Some(format!("{} {} {} {}.{} {}", m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), &rest[..16]))
 }
 
 /// The layer name cached for `identity`, if the cache holds it.
@@ -136,14 +137,21 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
 }
 
 /// The layer's content hash: hiber-init's bytes, then the SDK's, then the
-/// owners' id mapping, each preceded by its length so no two sets hash alike.
+/// layout (directories, devices, links) and the owners' id mapping, each
+/// preceded by its length so no two sets hash alike.
 fn layer_hash(init: &[u8], sdk: &[u8]) -> String {
+    let layout = layout();
     let mut hasher = blake3::Hasher::new();
-    for part in [init, sdk, ids::id_map().as_bytes()] {
+    for part in [init, sdk, layout.as_bytes()] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
     hasher.finalize().to_hex().to_string()
+}
+
+/// What the layer holds besides the two files, and whose its files are.
+fn layout() -> String {
+    format!("{DIRS:?} {DEVICES:?} {DEV_LINKS:?} {}", ids::id_map())
 }
 
 fn build(root: &Path, init: &[u8], sdk: &[u8]) -> io::Result<()> {

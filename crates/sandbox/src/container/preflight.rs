@@ -1,6 +1,9 @@
 //! Can this machine run sandboxes (and snapshot them)? The checks behind
 //! `hiber check`, and the prerequisites of the end-to-end tests.
 
+use std::os::fd::AsRawFd;
+
+use hiber_image::ids;
 use serde::Serialize;
 
 use super::cgroup::Hierarchy;
@@ -10,7 +13,8 @@ use super::init_layer;
 /// One prerequisite and whether it is met.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// What is checked: `root`, `overlayfs`, `cgroups`, `seccomp`, `hiber-init` or `criu`.
+    /// What is checked: `root`, `overlayfs`, `cgroups`, `seccomp`, `user namespaces`, `hiber-init` or
+    /// `criu`.
     pub what: &'static str,
     /// Whether it is there.
     pub ok: bool,
@@ -45,6 +49,9 @@ pub fn checks() -> Vec<Check> {
             Hierarchy::V2(root) => format!("cgroup v2 at {}", root.display()),
         }),
         check("seccomp", seccomp_errno(), |()| "filters that answer EPERM (the sandboxes' default filter)".into()),
+        check("user namespaces", user_namespaces(), |()| {
+            format!("root inside is host uid {} (map: {})", ids::HOST_BASE, ids::id_map())
+        }),
         check("hiber-init", init_layer::locate_binary(), |p| p.display().to_string()),
         check("criu", Criu::locate(), |c| format!("{} at {}", c.version, c.path.display())),
     ]
@@ -58,6 +65,41 @@ fn seccomp_errno() -> Result<(), String> {
     match actions.split_whitespace().any(|a| a == "errno") {
         true => Ok(()),
         false => Err(format!("{path} lacks 'errno': the kernel cannot refuse calls with EPERM")),
+    }
+}
+
+/// Whether a user namespace with the sandboxes' id map can be made: a child unshares one and
+/// this process writes its map, as a sandbox's shim does.
+fn user_namespaces() -> Result<(), String> {
+    let limit = "/proc/sys/user/max_user_namespaces";
+    if std::fs::read_to_string(limit).is_ok_and(|v| v.trim() == "0") {
+        return Err(format!("{limit} is 0: the kernel makes no user namespaces"));
+    }
+    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let (done_r, done_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: the child makes only system calls (unshare, write, read) and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.map_err(|e| format!("fork: {e}"))? {
+        nix::unistd::ForkResult::Child => {
+            drop((ready_r, done_w));
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&ready_w, &[u8::from(ok)]);
+            let _ = nix::unistd::read(done_r.as_raw_fd(), &mut [0u8; 1]);
+            // SAFETY: ends the forked child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((ready_w, done_r));
+            let mut made = [0u8; 1];
+            let read = nix::unistd::read(ready_r.as_raw_fd(), &mut made);
+            let result = match (read, made[0]) {
+                (Ok(1), 1) => std::fs::write(format!("/proc/{child}/uid_map"), ids::id_map())
+                    .map_err(|e| format!("cannot map the sandboxes' ids ({}): {e}", ids::id_map())),
+                _ => Err("unshare(CLONE_NEWUSER) failed".to_string()),
+            };
+            drop(done_w);
+            let _ = nix::sys::wait::waitpid(child, None);
+            result
+        }
     }
 }
 
@@ -82,7 +124,7 @@ pub fn require(test: &str, needs: &[&str]) -> bool {
 }
 
 /// What running sandboxes needs.
-pub const SANDBOXES: &[&str] = &["root", "overlayfs", "cgroups", "seccomp", "hiber-init"];
+pub const SANDBOXES: &[&str] = &["root", "overlayfs", "cgroups", "seccomp", "user namespaces", "hiber-init"];
 
 /// What snapshots need on top.
-pub const SNAPSHOTS: &[&str] = &["root", "overlayfs", "cgroups", "seccomp", "hiber-init", "criu"];
+pub const SNAPSHOTS: &[&str] = &["root", "overlayfs", "cgroups", "seccomp", "user namespaces", "hiber-init", "criu"];

@@ -2,7 +2,8 @@
 //! does: `/proc/sys`, `/proc/sysrq-trigger`, `/proc/irq`, `/proc/bus` and `/proc/fs` are
 //! read-only; `/proc/kcore`, `/proc/keys`, `/proc/timer_list` and the like read as empty (the
 //! sandbox's `/dev/null` bound over them), `/proc/acpi`, `/proc/asound` and `/proc/scsi` as empty
-//! read-only directories. Without `CAP_SYS_ADMIN` the sandbox cannot undo any of it; CRIU dumps
+//! read-only directories (hiber's layer's [`EMPTY_DIR`] bound over them: a bind mount CRIU
+//! restores with one `mount(2)`, where a tmpfs would cost it a `tar` run per dump and restore). Without `CAP_SYS_ADMIN` the sandbox cannot undo any of it; CRIU dumps
 //! and restores the mounts with the sandbox's mount namespace.
 //!
 //! Applied in the cloned child, on the new root's `/proc` before `pivot_root`; the paths are made
@@ -18,12 +19,16 @@ use nix::mount::{mount, MsFlags};
 const READ_ONLY: &[&str] = &["bus", "fs", "irq", "sys", "sysrq-trigger"];
 /// Files hidden under `/dev/null`.
 const MASKED_FILES: &[&str] = &["kcore", "keys", "latency_stats", "sched_debug", "timer_list", "timer_stats"];
-/// Directories hidden under an empty read-only tmpfs.
+/// Directories hidden under an empty read-only directory.
 const MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+/// The empty directory of hiber's layer bound over [`MASKED_DIRS`].
+pub const EMPTY_DIR: &str = ".hiber/empty";
 
 /// The mount calls' paths, under one sandbox root.
 pub struct ProcMasks {
     null: CString,
+    empty: CString,
     read_only: Vec<CString>,
     masked_files: Vec<CString>,
     masked_dirs: Vec<CString>,
@@ -32,11 +37,16 @@ pub struct ProcMasks {
 impl ProcMasks {
     /// The paths under `rootfs` (whose `/proc` will be mounted).
     pub fn new(rootfs: &Path) -> Result<ProcMasks, String> {
+        let empty = rootfs.join(EMPTY_DIR);
+        if !empty.is_dir() {
+            return Err(format!("{} is missing: hiber's layer is damaged", empty.display()));
+        }
         let c = |p: &Path| CString::new(p.display().to_string()).map_err(|_| format!("NUL byte in {}", p.display()));
         let under_proc =
             |names: &[&str]| names.iter().map(|n| c(&rootfs.join("proc").join(n))).collect::<Result<Vec<_>, _>>();
         Ok(ProcMasks {
             null: c(&rootfs.join("dev/null"))?,
+            empty: c(&empty)?,
             read_only: under_proc(READ_ONLY)?,
             masked_files: under_proc(MASKED_FILES)?,
             masked_dirs: under_proc(MASKED_DIRS)?,
@@ -65,8 +75,14 @@ impl ProcMasks {
             unless_missing(r).map_err(fail("mask", path))?;
         }
         for path in &self.masked_dirs {
-            let r = mount(Some("tmpfs"), path.as_c_str(), Some("tmpfs"), MsFlags::MS_RDONLY | locked, Some("size=0"));
-            unless_missing(r).map_err(fail("mask", path))?;
+            let r = mount(Some(self.empty.as_c_str()), path.as_c_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>);
+            match r {
+                Err(Errno::ENOENT) => continue,
+                r => r.map_err(fail("mask", path))?,
+            }
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked;
+            mount(None::<&str>, path.as_c_str(), None::<&str>, flags, None::<&str>)
+                .map_err(fail("make read-only", path))?;
         }
         Ok(())
     }
