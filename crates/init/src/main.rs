@@ -6,9 +6,6 @@
 //! It also relays the in-sandbox SDK's calls (its own socket) to the host.
 //! Everything runs on one thread with plain fds, so CRIU can checkpoint it
 //! between requests.
-//!
-//! On the host, the same binary is CRIU's action script for restores
-//! ([`restore_hook`]).
 
 mod attach;
 mod buffer;
@@ -18,7 +15,6 @@ mod connections;
 mod diag;
 mod exec;
 mod reaper;
-mod restore_hook;
 mod sdk;
 mod server;
 mod shutdown;
@@ -44,9 +40,6 @@ use crate::shutdown::StopSignals;
 use crate::table::{ExecError, ExecTable};
 
 fn main() {
-    if let Some(code) = restore_hook::run_if_called() {
-        std::process::exit(code);
-    }
     std::process::exit(run());
 }
 

@@ -34,15 +34,3 @@ pub const MAIN_ID: &str = "main";
 
 /// The PATH every process in a sandbox starts with unless overridden.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Set in the environment of CRIU's action scripts (CRIU's own name): hiber-init run with it is
-/// not a sandbox's PID 1 but the host-side hook of a restore (see [`RESTORE_HOSTNAME_ENV`]).
-pub const CRIU_ACTION_ENV: &str = "CRTOOLS_SCRIPT_ACTION";
-
-/// The restored root's host pid, in the environment of CRIU's action scripts (CRIU's own name).
-pub const CRIU_INIT_PID_ENV: &str = "CRTOOLS_INIT_PID";
-
-/// The hostname a restored sandbox gets, passed to the restore hook. When CRIU has made the
-/// sandbox's namespaces (its `post-setup-namespaces` action) and before any of its processes runs,
-/// the hook brings the new network namespace's loopback up and sets this hostname.
-pub const RESTORE_HOSTNAME_ENV: &str = "HIBER_RESTORE_HOSTNAME";

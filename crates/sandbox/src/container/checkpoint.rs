@@ -240,8 +240,8 @@ impl ContainerBackend {
             )
         };
         let images = self.snapshots.open(&id)?.join(CRIU_DIR);
-        let hook = user_namespace.then_some(self.init_binary.as_path());
-        self.launch_sandbox(record, Start::Restore { criu: &criu, images: &images, hook })
+        let start = Start::Restore { criu: &criu, images: &images, user_namespace: *user_namespace };
+        self.launch_sandbox(record, start)
     }
 
     /// Removes every layer no image, snapshot or sandbox uses; returns how many. Removes nothing

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::criu_rpc::{self, RestoreRequest, RpcError};
+
 /// The oldest CRIU that works: 3.17 cannot read the vdso of kernels >= 6.x
 /// here, and 4.1 cannot dump TCP sockets on kernels >= 6.16.
 pub const MIN_VERSION: (u32, u32) = (4, 2);
@@ -36,6 +38,9 @@ pub enum CriuError {
         /// The error.
         source: std::io::Error,
     },
+    /// Talking to CRIU's RPC failed.
+    #[error("criu restore: {0}")]
+    Rpc(RpcError),
     /// A dump or restore failed; `detail` holds the errors from CRIU's log.
     #[error("criu {action} failed: {detail} (log: {log})")]
     Failed {
@@ -48,11 +53,12 @@ pub enum CriuError {
     },
 }
 
-/// Options every dump and restore uses: established TCP connections, file
-/// locks and unlinked-but-open files are carried; cgroups are hiber's job.
+/// Options every dump uses (restores set the same in [`criu_rpc`]):
+/// established TCP connections, file locks and unlinked-but-open files are
+/// carried; cgroups are hiber's job.
 /// No network lock: nothing outside a sandbox can reach it, so no packet
 /// can arrive while it is frozen (the lock costs two iptables runs).
-const COMMON_FLAGS: [&str; 5] =
+const DUMP_FLAGS: [&str; 5] =
     ["--tcp-established", "--file-locks", "--link-remap", "--manage-cgroups=ignore", "--network-lock=skip"];
 
 /// The key naming the network namespace of a sandbox in the host's user
@@ -63,18 +69,13 @@ const NETNS_KEY: &str = "hiber-netns";
 
 /// The network namespace a restored tree gets: a new one with loopback only,
 /// like every sandbox's, made one of two ways.
-pub enum RestoreNetns<'a> {
-    /// Made by hiber and open at this descriptor, which the command inherits: for trees in
-    /// the host's user namespace (snapshots from before sandboxes had their own).
+pub enum RestoreNetns {
+    /// Made by hiber and open at this descriptor, which CRIU inherits: for trees in the host's
+    /// user namespace (snapshots from before sandboxes had their own).
     Inherited(i32),
-    /// Made by CRIU inside the tree's user namespace; `hook` (hiber-init as CRIU's action
-    /// script) brings its loopback up and sets `hostname` before any process runs.
-    Empty {
-        /// The action script.
-        hook: &'a Path,
-        /// The restored sandbox's hostname.
-        hostname: &'a str,
-    },
+    /// Made by CRIU inside the tree's user namespace (a namespace made beforehand would belong
+    /// to the host's, and the tree could not join it), its loopback still down.
+    Empty,
 }
 
 /// A usable CRIU binary.
@@ -133,7 +134,7 @@ impl Criu {
         let mut cmd = Command::new(&self.path);
         cmd.arg("dump").arg("--tree").arg(pid.to_string()).arg("--images-dir").arg(images);
         cmd.arg("--freeze-cgroup").arg(freezer).arg("--leave-running").arg("--log-file").arg(log);
-        cmd.args(COMMON_FLAGS);
+        cmd.args(DUMP_FLAGS);
         if user_namespace {
             cmd.args(["--empty-ns", "net"]);
         } else {
@@ -144,31 +145,35 @@ impl Criu {
         self.run(cmd, "dump", log)
     }
 
-    /// The command restoring `images` onto the mounted root `root`,
-    /// detached, with the restored root's host pid written to `pidfile`,
-    /// into the network namespace `netns` says.
-    pub fn restore_command(
+    /// Restores `images` onto the mounted root `root` through CRIU's RPC
+    /// ([`criu_rpc`]), into the network namespace `netns` says, logging to
+    /// `log`. `prepare` runs in CRIU's process before it starts (e.g. joining
+    /// a cgroup); `at_namespaces(pid)` once the restored root has its
+    /// namespaces and none of its processes runs yet. Returns the restored
+    /// root's host pid; the tree is a child of the caller.
+    pub fn restore(
         &self,
         images: &Path,
         root: &Path,
-        pidfile: &Path,
         log: &Path,
         netns: RestoreNetns,
-    ) -> Command {
-        let mut cmd = Command::new(&self.path);
-        cmd.arg("restore").arg("--images-dir").arg(images).arg("--root").arg(root);
-        cmd.arg("--restore-detached").arg("--pidfile").arg(pidfile).arg("--log-file").arg(log);
-        cmd.args(COMMON_FLAGS);
-        match netns {
-            RestoreNetns::Inherited(fd) => {
-                cmd.arg("--inherit-fd").arg(format!("fd[{fd}]:{NETNS_KEY}"));
-            }
-            RestoreNetns::Empty { hook, hostname } => {
-                cmd.args(["--empty-ns", "net"]).arg("--action-script").arg(hook);
-                cmd.env(hiber_proto::RESTORE_HOSTNAME_ENV, hostname);
-            }
-        }
-        cmd
+        prepare: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+        at_namespaces: impl FnMut(i32) -> Result<(), String>,
+    ) -> Result<i32, CriuError> {
+        let request = RestoreRequest {
+            images,
+            root,
+            work_dir: log.parent().unwrap_or(Path::new("/")),
+            log_file: &log.file_name().unwrap_or_default().to_string_lossy(),
+            netns: match netns {
+                RestoreNetns::Inherited(fd) => Some((fd, NETNS_KEY)),
+                RestoreNetns::Empty => None,
+            },
+        };
+        criu_rpc::restore(&self.path, &request, prepare, at_namespaces).map_err(|e| match e {
+            RpcError::Failed(message) => CriuError::from_log("restore", log, &message),
+            other => CriuError::Rpc(other),
+        })
     }
 
     fn run(&self, mut cmd: Command, action: &'static str, log: &Path) -> Result<(), CriuError> {

@@ -6,6 +6,7 @@ mod capabilities;
 mod cgroup;
 mod checkpoint;
 mod criu;
+mod criu_rpc;
 mod init_layer;
 mod overlay;
 pub mod preflight;

@@ -63,10 +63,6 @@ impl SandboxDir {
     pub fn shim_log(&self) -> PathBuf {
         self.0.join("shim.log")
     }
-    /// Where CRIU writes a restored tree's host pid.
-    pub fn restore_pidfile(&self) -> PathBuf {
-        self.0.join("init.pid")
-    }
     /// CRIU's restore log, quoted when it fails.
     pub fn restore_log(&self) -> PathBuf {
         self.0.join("restore.log")

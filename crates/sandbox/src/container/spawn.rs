@@ -22,7 +22,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::process::Command;
 
 use hiber_proto::{InitConfig, INIT_PATH};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -67,10 +66,9 @@ pub enum Start<'a> {
         criu: &'a Criu,
         /// The process image.
         images: &'a Path,
-        /// For a tree dumped in a user namespace of its own: hiber-init's host
-        /// path, CRIU's action script ([`RestoreNetns::Empty`]). `None` for
-        /// snapshots from before sandboxes had user namespaces.
-        hook: Option<&'a Path>,
+        /// Whether the tree was dumped in a user namespace of its own (false
+        /// for snapshots from before sandboxes had one).
+        user_namespace: bool,
     },
 }
 
@@ -198,7 +196,7 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
     };
     let mut report = File::from(report);
     let started = match (&launch.start, args) {
-        (Start::Restore { criu, images, hook }, _) => restore(launch, criu, images, *hook),
+        (Start::Restore { criu, images, user_namespace }, _) => restore(launch, criu, images, *user_namespace),
         (Start::Fresh { .. }, Some(args)) => start_init(launch, args),
         (Start::Fresh { .. }, None) => unreachable!("fresh starts prepare their arguments"),
     };
@@ -216,23 +214,20 @@ fn run_shim(launch: &mut Launch, args: Option<&ChildArgs>, report: File) -> i32 
     }
 }
 
-/// Restores the tree with CRIU and gives it its hostname.
-fn restore(launch: &Launch, criu: &Criu, images: &Path, hook: Option<&Path>) -> Result<i32, SpawnError> {
-    let (pidfile, log, root) = (launch.dir.restore_pidfile(), launch.dir.restore_log(), launch.dir.rootfs());
-    match hook {
-        Some(hook) => {
-            let netns = RestoreNetns::Empty { hook, hostname: launch.hostname };
-            restore_tree(launch.cgroup, &mut criu.restore_command(images, &root, &pidfile, &log, netns), &pidfile, &log)
-        }
-        None => {
-            let netns = fresh_netns()?;
-            let mut command =
-                criu.restore_command(images, &root, &pidfile, &log, RestoreNetns::Inherited(netns.as_raw_fd()));
-            let pid = restore_tree(launch.cgroup, &mut command, &pidfile, &log)?;
-            set_hostname(pid, launch.hostname)?;
-            Ok(pid)
-        }
-    }
+/// Restores the tree with CRIU, from inside the sandbox's cgroup (so the
+/// restored tree, forked by CRIU, lands there), and gives it its hostname and
+/// a loopback that is up before any of its processes runs. The tree is the
+/// shim's child.
+fn restore(launch: &Launch, criu: &Criu, images: &Path, user_namespace: bool) -> Result<i32, SpawnError> {
+    // Trees from before sandboxes had user namespaces join a namespace made here.
+    let made = if user_namespace { None } else { Some(fresh_netns()?) };
+    let netns = made.as_ref().map_or(RestoreNetns::Empty, |fd| RestoreNetns::Inherited(fd.as_raw_fd()));
+    let cgroup = launch.cgroup.clone();
+    let prepare = move || cgroup.add_process(std::process::id() as i32).map_err(io::Error::other);
+    let hostname = launch.hostname;
+    let (root, log) = (launch.dir.rootfs(), launch.dir.restore_log());
+    criu.restore(images, &root, &log, netns, prepare, |pid| set_up_namespaces(pid, hostname))
+        .map_err(|e| SpawnError::Setup(e.to_string()))
 }
 
 /// Points stdio at the shim log and /dev/null and closes every other
@@ -411,27 +406,6 @@ fn enter_sandbox(launch: &Launch, args: &ChildArgs) -> String {
     result.err().unwrap_or_default()
 }
 
-/// Runs CRIU's restore from inside the sandbox's cgroup (so the restored
-/// tree, forked by CRIU, lands there) and returns the restored root's pid.
-/// The shim is a subreaper, so the tree becomes its child when CRIU exits.
-fn restore_tree(cgroup: &Cgroup, command: &mut Command, pidfile: &Path, log: &Path) -> Result<i32, SpawnError> {
-    use std::os::unix::process::CommandExt;
-    let cgroup = cgroup.clone();
-    // SAFETY: the hook runs in the forked child before exec; it only writes
-    // the child's own pid into cgroup files.
-    unsafe {
-        command.pre_exec(move || cgroup.add_process(std::process::id() as i32).map_err(io::Error::other));
-    }
-    let out = command.stdin(std::process::Stdio::null()).output().map_err(|e| SpawnError::Sys("criu restore", e))?;
-    if !out.status.success() {
-        return Err(SpawnError::Setup(
-            super::criu::CriuError::from_log("restore", log, &String::from_utf8_lossy(&out.stderr)).to_string(),
-        ));
-    }
-    let text = std::fs::read_to_string(pidfile).map_err(|e| SpawnError::Sys("reading criu's pidfile", e))?;
-    text.trim().parse().map_err(|_| SpawnError::Setup(format!("bad pid in criu's pidfile: {text:?}")))
-}
-
 /// A new network namespace with loopback up, like every sandbox's, for a
 /// restored tree to join; inheritable, so CRIU gets it.
 fn fresh_netns() -> Result<OwnedFd, SpawnError> {
@@ -450,41 +424,25 @@ fn fresh_netns() -> Result<OwnedFd, SpawnError> {
     Ok(netns)
 }
 
-/// Gives a restored sandbox its own hostname (CRIU brings back the old
-/// one), from a child that joins the sandbox's uts namespace.
-fn set_hostname(pid: i32, hostname: &str) -> Result<(), SpawnError> {
-    let uts = File::open(format!("/proc/{pid}/ns/uts")).map_err(|e| SpawnError::Sys("opening the uts namespace", e))?;
-    let (mut err_r, mut err_w) = pipe()?;
-    // SAFETY: the child only joins the namespace, sets the hostname, and
-    // exits with _exit.
-    match unsafe { nix::unistd::fork() } {
-        Err(e) => Err(SpawnError::Sys("fork", e.into())),
-        Ok(nix::unistd::ForkResult::Child) => {
-            drop(err_r);
-            let result =
-                nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS).and_then(|()| sethostname(hostname));
-            let code = match result {
-                Ok(()) => 0,
-                Err(e) => {
-                    let _ = write!(err_w, "setting the hostname: {e}");
-                    1
-                }
-            };
-            // SAFETY: ends the forked child without unwinding.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(err_w);
-            let mut message = String::new();
-            let _ = err_r.read_to_string(&mut message);
-            let _ = nix::sys::wait::waitpid(child, None);
-            if message.is_empty() {
-                Ok(())
-            } else {
-                Err(SpawnError::Setup(message))
-            }
-        }
-    }
+/// Brings the loopback of `pid`'s network namespace up and gives its uts
+/// namespace `hostname` (CRIU brings back the old one), from a thread that
+/// joins them: `setns` moves only the calling thread.
+fn set_up_namespaces(pid: i32, hostname: &str) -> Result<(), String> {
+    use nix::sched::{setns, CloneFlags};
+    let hostname = hostname.to_string();
+    let join = move |kind: &str, flag: CloneFlags| {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+        setns(&ns, flag).map_err(|e| format!("joining {path}: {e}"))
+    };
+    std::thread::spawn(move || {
+        join("net", CloneFlags::CLONE_NEWNET)?;
+        hiber_common::net::loopback_up().map_err(|e| format!("bringing the loopback up: {e}"))?;
+        join("uts", CloneFlags::CLONE_NEWUTS)?;
+        sethostname(&hostname).map_err(|e| format!("setting the hostname: {e}"))
+    })
+    .join()
+    .map_err(|_| "the namespace thread panicked".to_string())?
 }
 
 /// Exit code of a wait status: the exit status, or 128 + the signal.
