@@ -82,6 +82,75 @@ apt_install() {
 }
 
 # on_tmpfs DIR: whether DIR exists on a tmpfs (so it does not outlive a reboot).
+# The Debian archive root the host already uses: the first http(s) URI serving suite
+# 'bookworm' with component 'main' that is not a -security archive.
+derive_mirror() {
+	local -a files=()
+	local f uri
+	[[ -f /etc/apt/sources.list ]] && files+=(/etc/apt/sources.list)
+	for f in /etc/apt/sources.list.d/*; do
+		[[ -f $f ]] || continue
+		case $f in *.list | *.sources) files+=("$f") ;; esac
+	done
+	for f in "${files[@]}"; do
+		case $f in
+		*.sources)
+			uri=$(awk '
+				function trim(s) { gsub(/^[ \t]+|[ \t]+$/, "", s); gsub(/[ \t]+/, " ", s); return s }
+				function flush(   i, ns, nc, nu, s, c, u, hs, hc) {
+					if (!found && enabled != "no" && (" " types " ") ~ / deb(-src)? /) {
+						ns = split(suites, s, " "); nc = split(comps, c, " "); nu = split(uris, u, " ")
+						for (i = 1; i <= ns; i++) if (s[i] == "bookworm") hs = 1
+						for (i = 1; i <= nc; i++) if (c[i] == "main") hc = 1
+						if (hs && hc)
+							for (i = 1; i <= nu; i++)
+								if (u[i] ~ /^https?:\/\// && u[i] !~ /-security/) { print u[i]; found = 1; break }
+					}
+					types = uris = suites = comps = enabled = key = ""
+				}
+				/^[ \t]*#/ { next }
+				/^[ \t]*$/ { flush(); next }
+				/^[ \t]/ {
+					v = trim($0)
+					if (key == "types") types = types " " v
+					else if (key == "uris") uris = uris " " v
+					else if (key == "suites") suites = suites " " v
+					else if (key == "components") comps = comps " " v
+					next
+				}
+				{
+					i = index($0, ":"); if (!i) next
+					key = tolower(trim(substr($0, 1, i - 1))); v = trim(substr($0, i + 1))
+					if (key == "types") types = v
+					else if (key == "uris") uris = v
+					else if (key == "suites") suites = v
+					else if (key == "components") comps = v
+					else if (key == "enabled") enabled = tolower(v)
+				}
+				END { flush() }' "$f")
+			;;
+		*)
+			uri=$(awk '
+				{ sub(/#.*/, "") }
+				$1 != "deb" && $1 != "deb-src" { next }
+				{
+					line = $0
+					sub(/^[ \t]*deb(-src)?[ \t]+/, "", line)
+					if (line ~ /^\[/) sub(/^\[[^]]*\][ \t]*/, "", line)
+					n = split(line, a, /[ \t]+/)
+					if (a[1] !~ /^https?:\/\// || a[1] ~ /-security/ || a[2] != "bookworm") next
+					for (i = 3; i <= n; i++) if (a[i] == "main") { print a[1]; exit }
+				}' "$f")
+			;;
+		esac
+		if [[ -n $uri ]]; then
+			printf '%s\n' "${uri%/}"
+			return 0
+		fi
+	done
+	return 1
+}
+
 on_tmpfs() { [[ -d $1 && $(stat -f -c %T "$1") == tmpfs ]]; }
 
 # ensure_tmpfs DIR SOURCE OPTIONS WHAT: mounts a tmpfs (named SOURCE, with OPTIONS) on DIR unless

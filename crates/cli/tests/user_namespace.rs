@@ -186,3 +186,95 @@ fn images_made_before_user_namespaces_are_refused_with_one_line() {
     assert_eq!(message.lines().count(), 1, "{message}");
     assert!(home.ps().is_empty(), "nothing is left of the refused run");
 }
+
+#[test]
+fn check_reports_the_user_namespace_with_its_map() {
+    require!();
+    let home = Home::new();
+    let out = home.ok(&["check"]);
+    let line = out.lines().find(|l| l.contains("user namespaces")).unwrap_or_else(|| panic!("{out}"));
+    assert!(line.starts_with("ok "), "{line}");
+    assert!(line.contains("root inside is host uid 1000000000 (map: 0 1000000000 65536)"), "{line}");
+}
+
+/// The Debian root with PostgreSQL that scripts/setup-test.sh makes.
+fn postgres_rootfs() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("HIBER_TEST_PG_ROOTFS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/hiber/test-postgres/rootfs".into());
+    if path.join("usr/lib/postgresql/15/bin/postgres").exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
+    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
+    None
+}
+
+/// PostgreSQL as `postgres`, its data in /var/lib/pg, listening on 127.0.0.1:5432; and a `psql`
+/// session that reads statements from the FIFO /tmp/sql (held open by a sleeping writer) and
+/// writes its answers to /tmp/answers, its session state a temporary table.
+const POSTGRES: &str = r#"
+set -e
+bin=/usr/lib/postgresql/15/bin
+mkdir -p /var/lib/pg && chown postgres:postgres /var/lib/pg
+su postgres -s /bin/sh -c "$bin/initdb -D /var/lib/pg/data -A trust >/dev/null"
+su postgres -s /bin/sh -c "$bin/pg_ctl -D /var/lib/pg/data -l /var/lib/pg/log -w -o '-c listen_addresses=127.0.0.1 -k /var/lib/pg' start >/dev/null"
+psql -h 127.0.0.1 -U postgres -qc "create table t(n int); insert into t select generate_series(1, 1000)"
+mkfifo /tmp/sql
+sleep 100000 > /tmp/sql &
+psql -h 127.0.0.1 -U postgres -qAt < /tmp/sql > /tmp/answers 2>&1 &
+echo "create temp table mine(x int); insert into mine values (42);" > /tmp/sql
+touch /tmp/ready
+exec sleep 100000
+"#;
+
+/// Sends `sql` to the open psql session of sandbox `id` and returns its new answer lines.
+fn in_session(home: &Home, id: &str, sql: &str) -> String {
+    let before = home.ok(&["exec", id, "cat", "/tmp/answers"]).len();
+    home.ok(&["exec", id, "sh", "-c", &format!("echo \"{sql}\" > /tmp/sql")]);
+    let mut answer = String::new();
+    eventually(Duration::from_secs(10), || {
+        let all = home.ok(&["exec", id, "cat", "/tmp/answers"]);
+        answer = all.get(before..).unwrap_or_default().to_string();
+        answer.ends_with('\n')
+    });
+    answer.trim().to_string()
+}
+
+#[test]
+fn postgres_as_its_own_user_keeps_its_rows_and_open_session_across_snapshot_restore_and_fork() {
+    require!();
+    let Some(rootfs) = postgres_rootfs() else { return };
+    let home = Home::new();
+    home.ok(&["image", "import", "--name", "postgres", rootfs.to_str().unwrap()]);
+    let id = home.detached(&["postgres", "sh", "-c", POSTGRES]);
+    assert!(
+        eventually(Duration::from_secs(60), || home.run(&["exec", &id, "test", "-e", "/tmp/ready"]).code == 0),
+        "PostgreSQL did not start: {}",
+        home.run(&["exec", &id, "cat", "/var/lib/pg/log"]).stdout
+    );
+    assert_eq!(in_session(&home, &id, "select x from mine;"), "42");
+    let owners = owners_inside(&home, &id, &["/var/lib/pg/data"]);
+    let postgres = home.ok(&["exec", &id, "id", "-u", "postgres"]).trim().to_string();
+    assert_ne!(postgres, "0");
+    assert_eq!(owners, [format!("{postgres} {}", home.ok(&["exec", &id, "id", "-g", "postgres"]).trim())]);
+    let snapshot = home.ok(&["snapshot", &id]).trim().to_string();
+
+    let restored = home.ok(&["restore", &snapshot]).trim().to_string();
+    let forks: Vec<String> = home.ok(&["fork", &snapshot, "-n", "2"]).split_whitespace().map(String::from).collect();
+    for sandbox in std::iter::once(&restored).chain(&forks) {
+        // The same session (its temporary table is there), the same rows, the same server.
+        assert_eq!(in_session(&home, sandbox, "select x from mine;"), "42", "in {sandbox}");
+        assert_eq!(in_session(&home, sandbox, "select count(*) from t;"), "1000", "in {sandbox}");
+        let fresh = home.ok(&["exec", sandbox, "psql", "-h", "127.0.0.1", "-U", "postgres", "-qAtc", "select 1"]);
+        assert_eq!(fresh.trim(), "1", "a new connection in {sandbox}");
+        // The owners of the server's processes (no procps in this image: /proc says it).
+        let owners = "for p in /proc/[0-9]*; do [ \"$(cat $p/comm)\" = postgres ] && stat -c %U $p; done; true";
+        let ps = home.ok(&["exec", sandbox, "sh", "-c", owners]);
+        assert!(ps.lines().count() >= 5 && ps.lines().all(|l| l == "postgres"), "{ps}");
+    }
+    // The forks are two databases: a row written in one is not in the other.
+    in_session(&home, &forks[0], "insert into t values (0); select count(*) from t;");
+    assert_eq!(in_session(&home, &forks[0], "select count(*) from t;"), "1001");
+    assert_eq!(in_session(&home, &forks[1], "select count(*) from t;"), "1000");
+}
