@@ -334,3 +334,18 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn reboot_without_the_filter_ends_only_the_sandbox() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let other = home.detached(&["busybox", "sleep", "1000"]);
+    let args = ["run", "--security-opt", "seccomp=unconfined", "--cap-add", "SYS_BOOT", "busybox", "sh", "-c"];
+    let rebooted = home.run(&[&args[..], &["reboot -f; sleep 5; echo survived"]].concat());
+    assert_ne!(rebooted.code, 0);
+    assert!(!rebooted.stdout.contains("survived"), "reboot -f did not end the sandbox");
+    assert!(rebooted.stderr.contains("the sandbox stopped"), "{}", rebooted.stderr);
+    assert_eq!(home.sandbox(&other)["status"]["state"], "running", "another sandbox went down with it");
+    assert_eq!(home.ok(&["exec", &other, "echo", "up"]).trim(), "up");
+}
