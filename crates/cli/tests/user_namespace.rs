@@ -278,3 +278,19 @@ fn postgres_as_its_own_user_keeps_its_rows_and_open_session_across_snapshot_rest
     assert_eq!(in_session(&home, &forks[0], "select count(*) from t;"), "1001");
     assert_eq!(in_session(&home, &forks[1], "select count(*) from t;"), "1000");
 }
+
+#[test]
+fn a_home_below_a_directory_only_the_hosts_root_may_enter_works() {
+    require!();
+    // Like /root: mode 0700, owned by the host's root, whom a sandbox's root is not.
+    let private = tempfile::Builder::new().prefix("hiber-private-").tempdir_in("/var/tmp").unwrap();
+    std::fs::set_permissions(private.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let home = Home { dir: tempfile::Builder::new().prefix("home-").tempdir_in(private.path()).unwrap() };
+    home.busybox();
+    assert_eq!(home.ok(&["run", "busybox", "echo", "started"]).trim(), "started");
+    let id = home.detached(&["busybox", "sh", "-c", "echo kept > /tmp/f; sleep 1000"]);
+    assert!(eventually(Duration::from_secs(5), || home.run(&["exec", &id, "test", "-s", "/tmp/f"]).code == 0));
+    let snapshot = home.ok(&["snapshot", &id]).trim().to_string();
+    let restored = home.ok(&["restore", &snapshot]).trim().to_string();
+    assert_eq!(home.ok(&["exec", &restored, "cat", "/tmp/f"]).trim(), "kept");
+}

@@ -123,7 +123,7 @@ impl Criu {
     /// The tree's network namespace is not saved: a tree in a user namespace
     /// of its own gets a new one on restore ([`RestoreNetns::Empty`]), any
     /// other's is named as external ([`RestoreNetns::Inherited`]).
-    pub fn dump(
+    pub(super) fn dump(
         &self,
         pid: i32,
         images: &Path,
@@ -151,7 +151,7 @@ impl Criu {
     /// a cgroup); `at_namespaces(pid)` once the restored root has its
     /// namespaces and none of its processes runs yet. Returns the restored
     /// root's host pid; the tree is a child of the caller.
-    pub fn restore(
+    pub(super) fn restore(
         &self,
         images: &Path,
         root: &Path,

@@ -35,12 +35,9 @@ pub struct ProcMasks {
 }
 
 impl ProcMasks {
-    /// The paths under `rootfs` (whose `/proc` will be mounted).
+    /// The paths under `rootfs` (whose `/proc` will be mounted), as the mount calls name them.
     pub fn new(rootfs: &Path) -> Result<ProcMasks, String> {
         let empty = rootfs.join(EMPTY_DIR);
-        if !empty.is_dir() {
-            return Err(format!("{} is missing: hiber's layer is damaged", empty.display()));
-        }
         let c = |p: &Path| CString::new(p.display().to_string()).map_err(|_| format!("NUL byte in {}", p.display()));
         let under_proc =
             |names: &[&str]| names.iter().map(|n| c(&rootfs.join("proc").join(n))).collect::<Result<Vec<_>, _>>();

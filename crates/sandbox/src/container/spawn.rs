@@ -110,7 +110,7 @@ fn pipe() -> Result<(File, File), SpawnError> {
 pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     let (mut report_r, report_w) = pipe()?;
     let child_args = match &launch.start {
-        Start::Fresh { confinement } => Some(ChildArgs::new(&launch.dir.rootfs(), launch.config, *confinement)?),
+        Start::Fresh { confinement } => Some(ChildArgs::new(launch.dir, launch.config, *confinement)?),
         Start::Restore { .. } => None,
     };
     // SAFETY: the child only runs the shim (below) and exits with _exit; with
@@ -147,6 +147,12 @@ pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     }
 }
 
+/// The sandbox's root, relative to its runtime directory: the shim clones the child in that
+/// directory (a clone's working directory moves into its new mount namespace with it), and the
+/// child names everything from there, since in its user namespace it may not search the host's
+/// directories above (a home under `/root`, mode 0700).
+const ROOT: &str = "rootfs";
+
 /// Everything the init child needs, allocated before any fork or clone.
 struct ChildArgs {
     proc_dir: CString,
@@ -164,14 +170,19 @@ struct ChildArgs {
 }
 
 impl ChildArgs {
-    fn new(rootfs: &Path, config: &InitConfig, confinement: Confinement) -> Result<ChildArgs, SpawnError> {
+    fn new(dir: &SandboxDir, config: &InitConfig, confinement: Confinement) -> Result<ChildArgs, SpawnError> {
         let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Setup(format!("NUL byte in {s:?}")));
-        let path = |p: &Path| c(&p.display().to_string());
         let json = serde_json::to_string(config).expect("config serializes");
+        debug_assert_eq!(dir.rootfs(), dir.path().join(ROOT));
+        let empty = dir.rootfs().join(super::proc_masks::EMPTY_DIR);
+        if !empty.is_dir() {
+            return Err(SpawnError::Setup(format!("{} is missing: hiber's layer is damaged", empty.display())));
+        }
+        let rootfs = Path::new(ROOT);
         Ok(ChildArgs {
-            proc_dir: path(&rootfs.join("proc"))?,
-            pts_dir: path(&rootfs.join("dev/pts"))?,
-            rootfs: path(rootfs)?,
+            proc_dir: c(&format!("{ROOT}/proc"))?,
+            pts_dir: c(&format!("{ROOT}/dev/pts"))?,
+            rootfs: c(ROOT)?,
             init: c(INIT_PATH)?,
             argv: [c(INIT_PATH)?, c(&json)?],
             env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
@@ -268,6 +279,7 @@ struct CloneArgs {
 
 /// Clones hiber-init into new namespaces, puts it in the cgroup, lets it run.
 fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
+    chdir(launch.dir.path()).map_err(|e| SpawnError::Sys("chdir to the sandbox's directory", e.into()))?;
     let (mut sync_r, mut sync_w) = pipe()?;
     let (mut err_r, mut err_w) = pipe()?;
     let clone = CloneArgs {
