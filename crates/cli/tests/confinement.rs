@@ -73,9 +73,15 @@ fn keyctl_bpf_and_perf_events_are_refused_by_the_filter_only() {
     require!();
     let home = Home::new();
     home.debian();
-    let confined = home.ok(&["run", "debian", "python3", "-c", PY_ATTEMPTS]);
-    for name in ["keyctl", "bpf", "perf_event_open"] {
-        assert!(confined.contains(&format!("{name} EPERM")), "{name} not refused:\n{confined}");
+    let sleeper = home.detached(&["debian", "sleep", "1000"]);
+    let snapshot = home.ok(&["snapshot", &sleeper]);
+    let restored = home.ok(&["restore", snapshot.trim()]).trim().to_string();
+    let fresh = home.ok(&["run", "debian", "python3", "-c", PY_ATTEMPTS]);
+    let after = home.ok(&["exec", &restored, "python3", "-c", PY_ATTEMPTS]);
+    for confined in [fresh, after] {
+        for name in ["keyctl", "bpf", "perf_event_open"] {
+            assert!(confined.contains(&format!("{name} EPERM")), "{name} not refused:\n{confined}");
+        }
     }
     // Without the filter (and with every capability, which perf events also need) keyctl and
     // perf_event_open reach the kernel, which answers otherwise (root may read its keyring id;
@@ -217,13 +223,16 @@ fn namespaces_made_inside_regain_nothing_on_the_host() {
     require!();
     let home = Home::new();
     home.busybox();
-    let output = home.ok(&["run", "busybox", "sh", "-c", NESTED]);
-    assert!(
-        output.contains("CapEff:\t000001ffffffffff"),
-        "the nested root has its namespace's capabilities:\n{output}"
-    );
-    for attempt in ["remount", "umount", "sysctl", "proc", "cgroup"] {
-        assert!(output.contains(&format!("{attempt}: refused")), "{attempt} was not refused:\n{output}");
+    let restored = restored_sleeper(&home);
+    for output in [home.ok(&["run", "busybox", "sh", "-c", NESTED]), home.ok(&["exec", &restored, "sh", "-c", NESTED])]
+    {
+        assert!(
+            output.contains("CapEff:\t000001ffffffffff"),
+            "the nested root has its namespace's capabilities:\n{output}"
+        );
+        for attempt in ["remount", "umount", "sysctl", "proc", "cgroup"] {
+            assert!(output.contains(&format!("{attempt}: refused")), "{attempt} was not refused:\n{output}");
+        }
     }
 }
 
