@@ -45,6 +45,12 @@ pub struct Overlay {
     pub target: PathBuf,
 }
 
+/// Gives the overlay file handles that decode (`open_by_handle_at`): CRIU records an inotify or
+/// fanotify watch by the watched inode's handle, finds its path through it, and a restore
+/// watches that path again, on whatever overlay the restored sandbox has. Without them a
+/// process with a watch cannot be dumped ("fsnotify: Can't dump that handle").
+const FILE_HANDLES: &str = "index=on,nfs_export=on";
+
 impl Overlay {
     fn options(&self) -> Result<String, OverlayError> {
         if self.lowers.is_empty() {
@@ -54,8 +60,8 @@ impl Overlay {
             return Err(OverlayError::MissingLayer(missing.clone()));
         }
         let lowers: Vec<String> = self.lowers.iter().map(|l| l.display().to_string()).collect();
-        let options =
-            format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), self.upper.display(), self.work.display());
+        let (upper, work) = (self.upper.display(), self.work.display());
+        let options = format!("lowerdir={},upperdir={upper},workdir={work},{FILE_HANDLES}", lowers.join(":"));
         // The kernel copies at most one page of mount data.
         if options.len() >= 4096 {
             return Err(OverlayError::TooManyLayers(options.len()));
@@ -109,6 +115,7 @@ mod tests {
         };
         let opts = o.options().unwrap();
         assert!(opts.starts_with(&format!("lowerdir={}:{},upperdir=", a.display(), b.display())), "{opts}");
+        assert!(opts.ends_with(",index=on,nfs_export=on"), "{opts}");
         o.lowers.push(dir.path().join("missing"));
         assert!(matches!(o.options(), Err(OverlayError::MissingLayer(_))));
         o.lowers.clear();
