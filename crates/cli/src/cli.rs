@@ -251,6 +251,10 @@ pub struct SnapshotArgs {
     /// Keep the sandbox running (a live checkpoint); by default it is stopped.
     #[arg(long)]
     pub leave_running: bool,
+    /// Only report what in the sandbox a snapshot could not carry (exit 1 if anything); take
+    /// no snapshot.
+    #[arg(long, conflicts_with_all = ["name", "leave_running"])]
+    pub check: bool,
     /// Sandbox name, id or unique id prefix.
     #[arg(required = true)]
     pub sandbox: Option<String>,

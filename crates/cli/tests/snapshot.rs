@@ -428,3 +428,46 @@ fn an_exec_in_flight_reattaches_after_a_live_snapshot() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "before\nafter\n", "all output, once");
     assert_eq!(home.ok(&["exec", &id, "cat", "/root/runs"]), "run\n", "the command ran once");
 }
+
+/// A Python process that opens an io_uring instance (which CRIU cannot save) and counts in
+/// /tmp/count.
+const URING: &str = r#"
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.syscall(425, 8, ctypes.create_string_buffer(120)) >= 0, ctypes.get_errno()  # io_uring_setup
+n = 0
+while True:
+    n += 1
+    open("/tmp/count", "w").write(str(n))
+    time.sleep(0.02)
+"#;
+
+#[test]
+fn what_cannot_be_carried_is_refused_in_one_line_naming_the_process_and_nothing_changes() {
+    require!();
+    let home = Home::new();
+    home.debian();
+    let plain = home.detached(&["debian", "sleep", "1000"]);
+    assert_eq!(home.ok(&["snapshot", "--check", &plain]).trim(), format!("{plain} can be snapshotted"));
+
+    let id = home.detached(&["debian", "python3", "-c", URING]);
+    let count = || home.run(&["exec", &id, "cat", "/tmp/count"]).stdout.trim().parse::<u64>().unwrap_or(0);
+    assert!(eventually(Duration::from_secs(10), || count() > 0), "the counter did not start");
+    let check = home.run(&["snapshot", "--check", &id]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    assert!(check.stdout.starts_with("process 2 (python3 -c import ctypes"), "{}", check.stdout);
+    assert!(check.stdout.trim_end().ends_with("holds an io_uring instance (fd 3)"), "{}", check.stdout);
+    assert_eq!(check.stdout.lines().count(), 1);
+
+    let refused = home.run(&["snapshot", &id]);
+    assert_eq!(refused.code, 125);
+    let message = refused.stderr.trim();
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.starts_with(&format!("hiber: cannot snapshot sandbox {id}: process 2 (python3")), "{message}");
+    assert!(message.contains("io_uring") && message.ends_with("the sandbox keeps running untouched"), "{message}");
+    // Untouched: running, counting, connectable, and no snapshot was stored.
+    assert_eq!(home.sandbox(&id)["status"]["state"], "running");
+    let before = count();
+    assert!(eventually(Duration::from_secs(5), || count() > before), "the sandbox stopped counting");
+    assert!(home.snapshots().is_empty());
+}

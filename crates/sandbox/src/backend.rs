@@ -52,6 +52,14 @@ pub enum SandboxError {
     /// Snapshot store trouble (unknown, corrupt or foreign snapshot).
     #[error(transparent)]
     Snapshot(#[from] StoreError),
+    /// A process of the sandbox holds something a snapshot cannot carry; nothing was changed.
+    #[error("cannot snapshot sandbox {id}: {}; the sandbox keeps running untouched", obstacles.join("; "))]
+    Uncarriable {
+        /// The sandbox.
+        id: String,
+        /// What holds what, one line each (see [`Backend::snapshot_obstacles`]).
+        obstacles: Vec<String>,
+    },
     /// The backend cannot do this.
     #[error("the {backend} backend cannot {what}")]
     Unsupported {
@@ -175,6 +183,11 @@ pub trait Backend: Send + Sync {
     /// Snapshots a running sandbox: every process, its memory, open files and sockets, and its
     /// files. It stops afterwards unless asked to keep running.
     fn snapshot(&self, key: &str, options: &SnapshotOptions) -> Result<Manifest, SandboxError>;
+
+    /// What in a running sandbox a snapshot could not carry, one line each naming the process
+    /// and the resource; empty when it can be snapshotted. [`Backend::snapshot`] refuses such a
+    /// sandbox with [`SandboxError::Uncarriable`], before it changes anything.
+    fn snapshot_obstacles(&self, key: &str) -> Result<Vec<String>, SandboxError>;
 
     /// Starts a new sandbox that carries on exactly where a snapshot was taken.
     fn restore(&self, snapshot: &str, name: Option<&str>) -> Result<SandboxInfo, SandboxError>;

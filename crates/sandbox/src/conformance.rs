@@ -210,6 +210,8 @@ pub fn snapshot_and_restore(backend: &dyn Backend, image: &str) {
     let s = Scratch::new(backend, image);
     let sandbox = s.create(Some("src"));
     assert_eq!(s.sh(&sandbox.id, "echo carried > /tmp/f").code, 0);
+    let obstacles = backend.snapshot_obstacles(&sandbox.id).expect("snapshot_obstacles");
+    assert!(obstacles.is_empty(), "a plain sandbox can be snapshotted: {obstacles:?}");
     let manifest = s.snapshot(&sandbox.id, SnapshotOptions::default());
     assert_id(&manifest.id);
     assert_eq!((manifest.source_sandbox.as_str(), manifest.image.as_str()), (sandbox.id.as_str(), image));
@@ -332,6 +334,7 @@ pub fn errors(backend: &dyn Backend, image: &str) {
     assert!(matches!(backend.stop(&nothing, GRACE), Err(SandboxError::NotFound(_))));
     let snapshot = backend.snapshot(&nothing, &SnapshotOptions::default());
     assert!(matches!(snapshot, Err(SandboxError::NotFound(_))), "{snapshot:?}");
+    assert!(matches!(backend.snapshot_obstacles(&nothing), Err(SandboxError::NotFound(_))));
 
     let sandbox = s.create(None);
     backend.stop(&sandbox.id, GRACE).expect("stop");
@@ -340,6 +343,7 @@ pub fn errors(backend: &dyn Backend, image: &str) {
     assert!(not_running(backend.connect(&sandbox.id).map(drop)), "connect to a stopped sandbox");
     let snapshot = backend.snapshot(&sandbox.id, &SnapshotOptions::default());
     assert!(matches!(snapshot, Err(SandboxError::NotRunning(_))), "snapshot of a stopped sandbox: {snapshot:?}");
+    assert!(matches!(backend.snapshot_obstacles(&sandbox.id), Err(SandboxError::NotRunning(_))));
     backend.main_log(&sandbox.id, 0).expect("the main log of a stopped sandbox");
 }
 

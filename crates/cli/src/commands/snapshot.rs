@@ -19,6 +19,17 @@ pub fn snapshot(home: &Path, args: SnapshotArgs) -> Result<i32> {
         return Ok(0);
     }
     let sandbox = args.sandbox.expect("clap requires the sandbox");
+    if args.check {
+        let obstacles = backend.snapshot_obstacles(&sandbox)?;
+        if obstacles.is_empty() {
+            outln!("{sandbox} can be snapshotted")?;
+            return Ok(0);
+        }
+        for line in &obstacles {
+            outln!("{line}")?;
+        }
+        return Ok(1);
+    }
     let options = SnapshotOptions { name: args.name, leave_running: args.leave_running };
     let manifest = backend.snapshot(&sandbox, &options)?;
     outln!("{}", manifest.id)?;

@@ -80,6 +80,10 @@ impl ContainerBackend {
         let criu = Criu::locate()?;
         self.recover_snapshots();
         let record = self.running(key)?;
+        let obstacles = self.obstacles(&record);
+        if !obstacles.is_empty() {
+            return Err(SandboxError::Uncarriable { id: record.id, obstacles });
+        }
         let dir = self.runtime.dir(&record.id);
         let layer = LayerId::random();
         let journal =

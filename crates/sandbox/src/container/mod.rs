@@ -8,6 +8,7 @@ mod checkpoint;
 mod criu;
 mod criu_rpc;
 mod init_layer;
+mod obstacles;
 mod overlay;
 pub mod preflight;
 mod proc_masks;
@@ -237,6 +238,11 @@ impl ContainerBackend {
         Err(SandboxError::NotReady { id: record.id.clone(), reason })
     }
 
+    /// What the sandbox's processes hold that CRIU cannot save ([`obstacles`]).
+    fn obstacles(&self, record: &SandboxRecord) -> Vec<String> {
+        self.cgroup(record).processes().into_iter().flat_map(obstacles::describe).collect()
+    }
+
     /// Kills the process tree and waits until it is gone.
     fn kill(&self, record: &SandboxRecord) {
         let dir = self.runtime.dir(&record.id);
@@ -376,6 +382,10 @@ impl Backend for ContainerBackend {
 
     fn snapshot(&self, key: &str, options: &SnapshotOptions) -> Result<Manifest, SandboxError> {
         self.snapshot_sandbox(key, options)
+    }
+
+    fn snapshot_obstacles(&self, key: &str) -> Result<Vec<String>, SandboxError> {
+        Ok(self.obstacles(&self.running(key)?))
     }
 
     fn restore(&self, snapshot: &str, name: Option<&str>) -> Result<SandboxInfo, SandboxError> {

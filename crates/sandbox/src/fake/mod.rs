@@ -432,6 +432,15 @@ impl Backend for FakeBackend {
         Ok(())
     }
 
+    fn snapshot_obstacles(&self, key: &str) -> Result<Vec<String>, SandboxError> {
+        let info = self.find(key)?;
+        match info.status.is_running() {
+            // Its processes are simulated: they hold nothing a snapshot could not carry.
+            true => Ok(Vec::new()),
+            false => Err(SandboxError::NotRunning(info.id)),
+        }
+    }
+
     fn snapshot(&self, key: &str, options: &SnapshotOptions) -> Result<Manifest, SandboxError> {
         let state = self.shared.lock();
         let id = state.resolve(key)?;
