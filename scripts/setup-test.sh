@@ -9,9 +9,9 @@
 # What it provides: shellcheck (Debian), a Python virtual environment for the SDKs' tests
 # at /var/cache/hiber/test-venv (Debian's python3 with python3-venv; pytest from the package
 # index, as Debian's python3 refuses pip installs outside a venv), which scripts/test.sh uses,
-# and a Debian root filesystem with PostgreSQL at /var/cache/hiber/test-postgres/rootfs (made
-# by debootstrap from the host's apt mirror, its services never started), which the
-# non-root-workload tests import as an image.
+# and Debian root filesystems with PostgreSQL and with Chromium under /var/cache/hiber/test-*
+# (made by debootstrap from the host's apt mirror, their services never started), which the
+# workload tests import as images.
 set -euo pipefail
 set -E
 
@@ -19,7 +19,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${HIBER_SETUP_CACHE:-/var/cache/hiber/setup}-test
 VENV=${HIBER_TEST_VENV:-/var/cache/hiber/test-venv}
 PG_ROOTFS=${HIBER_TEST_PG_ROOTFS:-/var/cache/hiber/test-postgres/rootfs}
-PG_PACKAGES=postgresql,python3
+CHROMIUM_ROOTFS=${HIBER_TEST_CHROMIUM_ROOTFS:-/var/cache/hiber/test-chromium/rootfs}
 PKGS=(shellcheck python3-venv)
 PIP_PKGS=(pytest)
 
@@ -35,7 +35,8 @@ Idempotent set-up for hiber's tests (Debian bookworm, run as root):
   - runs scripts/setup.sh;
   - installs shellcheck and python3-venv with apt-get (never upgrading installed packages);
   - makes the tests' Python environment /var/cache/hiber/test-venv (pytest);
-  - debootstraps a Debian root with PostgreSQL at /var/cache/hiber/test-postgres/rootfs.
+  - debootstraps Debian roots with PostgreSQL (/var/cache/hiber/test-postgres/rootfs) and
+    with Chromium (/var/cache/hiber/test-chromium/rootfs), about a minute each the first time.
 
   --check   report what is missing, exit 1 if anything is (changes nothing)
   --help    show this text
@@ -56,31 +57,39 @@ ensure_venv() {
 	STEP_NOTE="made $VENV with ${PIP_PKGS[*]}"
 }
 
-pg_rootfs_ok() { [[ -x $PG_ROOTFS/usr/lib/postgresql/15/bin/postgres ]]; }
+# The test roots: directory, the program that shows it is whole, the packages.
+TEST_ROOTS=(
+	"$PG_ROOTFS" usr/lib/postgresql/15/bin/postgres "postgresql,python3"
+	# debootstrap does not pick a provider of dconf-service's dbus-session-bus by itself.
+	"$CHROMIUM_ROOTFS" usr/bin/chromium "chromium,python3,fonts-dejavu-core,dbus-x11"
+)
 
-# debootstrap in two stages, with a policy-rc.d between them so that no package's
-# maintainer script starts a service on the host; in a private mount namespace, so the /proc
-# it mounts inside goes with it. Built next to the result and renamed into place when whole.
-ensure_pg_rootfs() {
-	if pg_rootfs_ok; then
-		STEP_NOTE="present at $PG_ROOTFS"
+test_root_ok() { [[ -x $1/$2 ]]; }
+
+# ensure_test_root DIR PROGRAM PACKAGES: debootstrap in two stages, with a policy-rc.d between
+# them so that no package's maintainer script starts a service on the host; in a private mount
+# namespace, so the /proc it mounts inside goes with it. Built next to the result and renamed
+# into place when whole.
+ensure_test_root() {
+	local root=$1 program=$2 packages=$3 mirror tmp=$1.tmp out
+	if test_root_ok "$root" "$program"; then
+		STEP_NOTE="present at $root"
 		return 0
 	fi
-	local mirror tmp=$PG_ROOTFS.tmp out
 	mirror=$(derive_mirror) || die "no http(s) bookworm 'main' archive found in /etc/apt/sources.list{,.d}"
 	rm -rf "$tmp"
-	mkdir -p "$(dirname "$PG_ROOTFS")"
+	mkdir -p "$(dirname "$root")"
 	# shellcheck disable=SC2016 # expanded by the inner shell
 	out=$(unshare --mount --propagation private -- sh -c '
 		debootstrap --variant=minbase --include="$3" --foreign bookworm "$1" "$2" &&
 		printf "#!/bin/sh\nexit 101\n" > "$1/usr/sbin/policy-rc.d" &&
 		chmod 755 "$1/usr/sbin/policy-rc.d" &&
-		chroot "$1" /debootstrap/debootstrap --second-stage' sh "$tmp" "$mirror" "$PG_PACKAGES" 2>&1) ||
-		die "debootstrap of $PG_PACKAGES failed: $(tail -n 3 <<<"$out")"
+		chroot "$1" /debootstrap/debootstrap --second-stage' sh "$tmp" "$mirror" "$packages" 2>&1) ||
+		die "debootstrap of $packages failed: $(tail -n 3 <<<"$out")"
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
-	mv "$tmp" "$PG_ROOTFS"
-	STEP_NOTE="made $PG_ROOTFS ($(du -sh "$PG_ROOTFS" | cut -f1))"
+	mv "$tmp" "$root"
+	STEP_NOTE="made $root ($(du -sh "$root" | cut -f1))"
 }
 
 check_only() {
@@ -95,10 +104,13 @@ check_only() {
 		log "missing: the tests' Python environment $VENV"
 		n=$((n + 1))
 	}
-	pg_rootfs_ok || {
-		log "missing: the tests' PostgreSQL root filesystem $PG_ROOTFS"
-		n=$((n + 1))
-	}
+	local i
+	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 3)); do
+		test_root_ok "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" || {
+			log "missing: the tests' root filesystem ${TEST_ROOTS[i]}"
+			n=$((n + 1))
+		}
+	done
 	"$HERE/setup.sh" --check || n=$((n + 1))
 	if ((n)); then
 		log "something is missing; run scripts/setup-test.sh as root"
@@ -111,7 +123,10 @@ set_up() {
 	"$HERE/setup.sh" || die "scripts/setup.sh failed"
 	step "packages" apt_install "${PKGS[@]}"
 	step "tests' Python environment" ensure_venv
-	step "tests' PostgreSQL root filesystem" ensure_pg_rootfs
+	local i
+	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 3)); do
+		step "tests' root ${TEST_ROOTS[i]}" ensure_test_root "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" "${TEST_ROOTS[i + 2]}"
+	done
 }
 
 run_main "$@"

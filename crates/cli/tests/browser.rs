@@ -1,0 +1,80 @@
+//! End-to-end tests of headless Chromium across snapshots: a page's JavaScript timer carries on
+//! from where it was, DevTools answers on its port after a restore, and forks are independent
+//! browsers. The image is the Debian root with Chromium that scripts/setup-test.sh makes
+//! (about two minutes the first time on a machine).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{can_snapshot, eventually, Home};
+
+macro_rules! require {
+    () => {
+        if !can_snapshot(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// The Debian root with Chromium, if the tests' set-up made it.
+fn chromium_rootfs() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("HIBER_TEST_CHROMIUM_ROOTFS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/hiber/test-chromium/rootfs".into());
+    if path.join("usr/bin/chromium").exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
+    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
+    None
+}
+
+/// A page whose title counts tenths of a second since it was loaded, and Chromium showing it
+/// with DevTools on 127.0.0.1:9222.
+const BROWSER: &str = r#"
+echo '<script>let n = 0; setInterval(() => { n++; document.title = "n" + n; }, 100);</script>' > /tmp/page.html
+export HOME=/tmp
+exec chromium --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir=/tmp/profile \
+    --remote-debugging-address=127.0.0.1 --remote-debugging-port=9222 file:///tmp/page.html
+"#;
+
+/// The page's count, read from DevTools' HTTP endpoint in sandbox `id` (None until it answers).
+fn count(home: &Home, id: &str) -> Option<u64> {
+    let ask = "import json, urllib.request; \
+               pages = json.load(urllib.request.urlopen('http://127.0.0.1:9222/json/list', timeout=5)); \
+               print([p['title'] for p in pages if p['type'] == 'page'][0])";
+    let title = home.run(&["exec", id, "python3", "-c", ask]).stdout;
+    title.trim().strip_prefix('n')?.parse().ok()
+}
+
+#[test]
+fn a_pages_timer_carries_on_and_devtools_answers_after_restore_and_in_forks() {
+    require!();
+    let Some(rootfs) = chromium_rootfs() else { return };
+    let home = Home::new();
+    home.ok(&["image", "import", "--name", "chromium", rootfs.to_str().unwrap()]);
+    let id = home.detached(&["chromium", "sh", "-c", BROWSER]);
+    // Three seconds of counting, so that a restart from zero would show.
+    assert!(
+        eventually(Duration::from_secs(60), || count(&home, &id).is_some_and(|n| n >= 30)),
+        "Chromium's page did not count: {}",
+        home.run(&["logs", &id]).stdout
+    );
+    let before = count(&home, &id).expect("DevTools answered just now");
+    let snapshot = home.ok(&["snapshot", &id]).trim().to_string();
+    let restored = home.ok(&["restore", &snapshot]).trim().to_string();
+    let forks: Vec<String> = home.ok(&["fork", &snapshot, "-n", "2"]).split_whitespace().map(String::from).collect();
+    for sandbox in std::iter::once(&restored).chain(&forks) {
+        let first = count(&home, sandbox).unwrap_or_else(|| panic!("DevTools in {sandbox} did not answer"));
+        assert!(first >= before, "the timer in {sandbox} went back from {before} to {first}");
+        assert!(
+            eventually(Duration::from_secs(10), || count(&home, sandbox).is_some_and(|n| n > first)),
+            "the timer in {sandbox} stopped at {first}"
+        );
+    }
+    // Independent browsers: one stopped, the other counts on.
+    home.ok(&["stop", &forks[1]]);
+    let a = count(&home, &forks[0]).unwrap();
+    assert!(eventually(Duration::from_secs(10), || count(&home, &forks[0]).is_some_and(|n| n > a)));
+}
