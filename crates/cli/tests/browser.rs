@@ -78,3 +78,36 @@ fn a_pages_timer_carries_on_and_devtools_answers_after_restore_and_in_forks() {
     let a = count(&home, &forks[0]).unwrap();
     assert!(eventually(Duration::from_secs(10), || count(&home, &forks[0]).is_some_and(|n| n > a)));
 }
+
+/// Chromium with its own sandbox on (it will not run so as root): as the user `web`.
+const SANDBOXED_BROWSER: &str = r#"
+useradd -m web
+echo '<script>let n = 0; setInterval(() => { n++; document.title = "n" + n; }, 100);</script>' > /tmp/page.html
+chmod 644 /tmp/page.html
+exec setpriv --reuid=web --regid=web --init-groups env HOME=/home/web chromium --headless=new --disable-gpu \
+    --no-first-run --user-data-dir=/home/web/profile --remote-debugging-address=127.0.0.1 \
+    --remote-debugging-port=9222 file:///tmp/page.html
+"#;
+
+#[test]
+fn chromiums_own_sandbox_runs_but_its_nested_pid_namespaces_are_refused_in_one_line() {
+    require!();
+    let Some(rootfs) = chromium_rootfs() else { return };
+    let home = Home::new();
+    home.ok(&["image", "import", "--name", "chromium", rootfs.to_str().unwrap()]);
+    let id = home.detached(&["chromium", "sh", "-c", SANDBOXED_BROWSER]);
+    assert!(
+        eventually(Duration::from_secs(60), || count(&home, &id).is_some_and(|n| n >= 10)),
+        "sandboxed Chromium's page did not count: {}",
+        home.run(&["logs", &id]).stdout
+    );
+    // Its sandbox nests user and pid namespaces in ours; CRIU cannot dump nested pid namespaces.
+    let refused = home.run(&["snapshot", &id]);
+    assert_eq!(refused.code, 125);
+    assert_eq!(refused.stderr.trim().lines().count(), 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains("(/usr/lib/chromium/chromium --type=zygote"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("is in a nested pid namespace, which CRIU cannot dump"), "{}", refused.stderr);
+    let before = count(&home, &id).expect("DevTools still answers");
+    assert!(eventually(Duration::from_secs(10), || count(&home, &id).is_some_and(|n| n > before)), "it stopped");
+    assert!(home.snapshots().is_empty());
+}

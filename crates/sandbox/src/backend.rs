@@ -53,7 +53,7 @@ pub enum SandboxError {
     #[error(transparent)]
     Snapshot(#[from] StoreError),
     /// A process of the sandbox holds something a snapshot cannot carry; nothing was changed.
-    #[error("cannot snapshot sandbox {id}: {}; the sandbox keeps running untouched", obstacles.join("; "))]
+    #[error("cannot snapshot sandbox {id}: {}; the sandbox keeps running untouched", summary(obstacles))]
     Uncarriable {
         /// The sandbox.
         id: String,
@@ -71,6 +71,16 @@ pub enum SandboxError {
     /// The backend's own machinery failed.
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The first few obstacles, and how many more there are.
+fn summary(obstacles: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = obstacles.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if obstacles.len() > SHOWN {
+        text.push_str(&format!(" (and {} more: see `hiber snapshot --check`)", obstacles.len() - SHOWN));
+    }
+    text
 }
 
 impl From<ResolveError> for SandboxError {

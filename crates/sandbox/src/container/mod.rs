@@ -240,7 +240,8 @@ impl ContainerBackend {
 
     /// What the sandbox's processes hold that CRIU cannot save ([`obstacles`]).
     fn obstacles(&self, record: &SandboxRecord) -> Vec<String> {
-        self.cgroup(record).processes().into_iter().flat_map(obstacles::describe).collect()
+        let namespace = obstacles::pid_namespace(record.init_pid);
+        self.cgroup(record).processes().into_iter().flat_map(|pid| obstacles::describe(pid, &namespace)).collect()
     }
 
     /// Kills the process tree and waits until it is gone.

@@ -1,5 +1,5 @@
 //! What a sandbox's processes hold that CRIU cannot save, found by looking at their open files
-//! before a dump: the snapshot is refused in one line naming the process and the resource, and
+//! and namespaces before a dump: the snapshot is refused in one line naming the process and the resource, and
 //! nothing of the sandbox has changed (CRIU itself fails late and cryptically: an io_uring
 //! instance gives "Message reply from daemon is trimmed").
 
@@ -17,8 +17,16 @@ const UNSUPPORTED: [(&str, &str); 6] = [
 
 /// What host process `host_pid` holds that CRIU cannot save, one line each, e.g. `process 7
 /// (python3 serve.py) holds an io_uring instance (fd 3)` (7: its pid inside the sandbox).
-pub fn describe(host_pid: i32) -> Vec<String> {
-    let Ok(fds) = fs::read_dir(format!("/proc/{host_pid}/fd")) else { return Vec::new() };
+/// `pid_namespace` is the sandbox's (`/proc/INIT/ns/pid`'s link).
+pub fn describe(host_pid: i32, pid_namespace: &str) -> Vec<String> {
+    let who = || format!("process {} ({})", inner_pid(host_pid), command(host_pid));
+    let mut found = Vec::new();
+    let own = fs::read_link(format!("/proc/{host_pid}/ns/pid")).map(|l| l.to_string_lossy().into_owned());
+    if own.is_ok_and(|ns| ns != pid_namespace) {
+        // Chromium's own sandbox makes these, for instance.
+        found.push(format!("{} is in a nested pid namespace, which CRIU cannot dump", who()));
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{host_pid}/fd")) else { return found };
     let mut held: Vec<(u32, &str)> = fds
         .flatten()
         .filter_map(|fd| {
@@ -28,9 +36,13 @@ pub fn describe(host_pid: i32) -> Vec<String> {
         })
         .collect();
     held.sort();
-    held.into_iter()
-        .map(|(fd, what)| format!("process {} ({}) holds {what} (fd {fd})", inner_pid(host_pid), command(host_pid)))
-        .collect()
+    found.extend(held.into_iter().map(|(fd, what)| format!("{} holds {what} (fd {fd})", who())));
+    found
+}
+
+/// The link naming the pid namespace of host process `pid` (empty when it is gone).
+pub fn pid_namespace(pid: i32) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/pid")).map(|l| l.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// What CRIU cannot save of an open file linked as `target`, if anything.
@@ -38,14 +50,16 @@ fn resource(target: &str) -> Option<&'static str> {
     UNSUPPORTED.iter().find(|(link, _)| *link == target).map(|(_, what)| *what)
 }
 
-/// The pid of host process `pid` in its own (the sandbox's) pid namespace: the last `NSpid`.
+/// The pid of host process `pid` as the sandbox sees it: the second `NSpid` (the first is the
+/// host's; later ones are those of namespaces nested inside the sandbox).
 fn inner_pid(pid: i32) -> i32 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    let ids: Vec<i32> = status
         .lines()
         .find_map(|l| l.strip_prefix("NSpid:"))
-        .and_then(|ids| ids.split_whitespace().last()?.parse().ok())
-        .unwrap_or(pid)
+        .map(|ids| ids.split_whitespace().filter_map(|id| id.parse().ok()).collect())
+        .unwrap_or_default();
+    ids.get(1).or(ids.first()).copied().unwrap_or(pid)
 }
 
 /// The command line of host process `pid`, on one line and shortened for a message.
@@ -76,8 +90,12 @@ mod tests {
 
     #[test]
     fn a_process_without_such_files_has_none() {
-        assert!(describe(std::process::id() as i32).is_empty());
-        assert!(describe(i32::MAX).is_empty(), "a process that is gone");
+        let me = std::process::id() as i32;
+        assert!(describe(me, &pid_namespace(me)).is_empty());
+        assert!(describe(i32::MAX, &pid_namespace(me)).is_empty(), "a process that is gone");
+        let other = describe(me, "pid:[1]");
+        assert_eq!(other.len(), 1);
+        assert!(other[0].ends_with("is in a nested pid namespace, which CRIU cannot dump"), "{other:?}");
         assert_eq!(inner_pid(std::process::id() as i32), std::process::id() as i32);
         assert!(!command(std::process::id() as i32).is_empty());
     }
