@@ -9,7 +9,8 @@
 # What it provides: shellcheck (Debian), a Python virtual environment for the SDKs' tests
 # at /var/cache/hiber/test-venv (Debian's python3 with python3-venv; pytest from the package
 # index, as Debian's python3 refuses pip installs outside a venv), which scripts/test.sh uses,
-# and Debian root filesystems with PostgreSQL and with Chromium under /var/cache/hiber/test-*
+# and Debian root filesystems with PostgreSQL, Chromium and an IPython kernel under
+# /var/cache/hiber/test-*
 # (made by debootstrap from the host's apt mirror, their services never started), which the
 # workload tests import as images.
 set -euo pipefail
@@ -20,6 +21,7 @@ CACHE=${HIBER_SETUP_CACHE:-/var/cache/hiber/setup}-test
 VENV=${HIBER_TEST_VENV:-/var/cache/hiber/test-venv}
 PG_ROOTFS=${HIBER_TEST_PG_ROOTFS:-/var/cache/hiber/test-postgres/rootfs}
 CHROMIUM_ROOTFS=${HIBER_TEST_CHROMIUM_ROOTFS:-/var/cache/hiber/test-chromium/rootfs}
+JUPYTER_ROOTFS=${HIBER_TEST_JUPYTER_ROOTFS:-/var/cache/hiber/test-jupyter/rootfs}
 PKGS=(shellcheck python3-venv)
 PIP_PKGS=(pytest)
 
@@ -36,7 +38,8 @@ Idempotent set-up for hiber's tests (Debian bookworm, run as root):
   - installs shellcheck and python3-venv with apt-get (never upgrading installed packages);
   - makes the tests' Python environment /var/cache/hiber/test-venv (pytest);
   - debootstraps Debian roots with PostgreSQL (/var/cache/hiber/test-postgres/rootfs) and
-    with Chromium (/var/cache/hiber/test-chromium/rootfs), about a minute each the first time.
+    with Chromium (/var/cache/hiber/test-chromium/rootfs) and with an IPython kernel
+    (/var/cache/hiber/test-jupyter/rootfs), one to three minutes each the first time.
 
   --check   report what is missing, exit 1 if anything is (changes nothing)
   --help    show this text
@@ -57,22 +60,23 @@ ensure_venv() {
 	STEP_NOTE="made $VENV with ${PIP_PKGS[*]}"
 }
 
-# The test roots: directory, the program that shows it is whole, the packages.
+# The test roots: directory, a file that shows it is whole, the packages apt adds to minbase.
 TEST_ROOTS=(
-	"$PG_ROOTFS" usr/lib/postgresql/15/bin/postgres "postgresql,python3"
-	# debootstrap does not pick a provider of dconf-service's dbus-session-bus by itself.
-	"$CHROMIUM_ROOTFS" usr/bin/chromium "chromium,python3,fonts-dejavu-core,dbus-x11"
+	"$PG_ROOTFS" usr/lib/postgresql/15/bin/postgres "postgresql python3"
+	"$CHROMIUM_ROOTFS" usr/bin/chromium "chromium python3 fonts-dejavu-core"
+	"$JUPYTER_ROOTFS" usr/lib/python3/dist-packages/ipykernel/__init__.py "python3-ipykernel python3-jupyter-client"
 )
 
-test_root_ok() { [[ -x $1/$2 ]]; }
+test_root_ok() { [[ -e $1/$2 ]]; }
 
-# ensure_test_root DIR PROGRAM PACKAGES: debootstrap in two stages, with a policy-rc.d between
-# them so that no package's maintainer script starts a service on the host; in a private mount
-# namespace, so the /proc it mounts inside goes with it. Built next to the result and renamed
-# into place when whole.
+# ensure_test_root DIR FILE PACKAGES: debootstrap of minbase in two stages, with a policy-rc.d
+# between them so that no package's maintainer script starts a service on the host, then apt in
+# the new root adds PACKAGES (apt, unlike debootstrap, picks providers of virtual packages); in
+# a private mount namespace, so the /proc mounted inside goes with it. Built next to the result
+# and renamed into place when whole.
 ensure_test_root() {
-	local root=$1 program=$2 packages=$3 mirror tmp=$1.tmp out
-	if test_root_ok "$root" "$program"; then
+	local root=$1 file=$2 packages=$3 mirror tmp=$1.tmp out
+	if test_root_ok "$root" "$file"; then
 		STEP_NOTE="present at $root"
 		return 0
 	fi
@@ -81,10 +85,14 @@ ensure_test_root() {
 	mkdir -p "$(dirname "$root")"
 	# shellcheck disable=SC2016 # expanded by the inner shell
 	out=$(unshare --mount --propagation private -- sh -c '
-		debootstrap --variant=minbase --include="$3" --foreign bookworm "$1" "$2" &&
+		debootstrap --variant=minbase --foreign bookworm "$1" "$2" &&
 		printf "#!/bin/sh\nexit 101\n" > "$1/usr/sbin/policy-rc.d" &&
 		chmod 755 "$1/usr/sbin/policy-rc.d" &&
-		chroot "$1" /debootstrap/debootstrap --second-stage' sh "$tmp" "$mirror" "$packages" 2>&1) ||
+		chroot "$1" /debootstrap/debootstrap --second-stage &&
+		mount -t proc proc "$1/proc" &&
+		chroot "$1" apt-get -q update &&
+		chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends $3' \
+		sh "$tmp" "$mirror" "$packages" 2>&1) ||
 		die "debootstrap of $packages failed: $(tail -n 3 <<<"$out")"
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
