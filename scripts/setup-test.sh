@@ -9,7 +9,7 @@
 # What it provides: shellcheck (Debian), a Python virtual environment for the SDKs' tests
 # at /var/cache/hiber/test-venv (Debian's python3 with python3-venv; pytest from the package
 # index, as Debian's python3 refuses pip installs outside a venv), which scripts/test.sh uses,
-# and Debian root filesystems with PostgreSQL, Chromium and an IPython kernel under
+# and Debian root filesystems with PostgreSQL, Chromium, an IPython kernel and Node with vite under
 # /var/cache/hiber/test-*
 # (made by debootstrap from the host's apt mirror, their services never started), which the
 # workload tests import as images.
@@ -22,6 +22,7 @@ VENV=${HIBER_TEST_VENV:-/var/cache/hiber/test-venv}
 PG_ROOTFS=${HIBER_TEST_PG_ROOTFS:-/var/cache/hiber/test-postgres/rootfs}
 CHROMIUM_ROOTFS=${HIBER_TEST_CHROMIUM_ROOTFS:-/var/cache/hiber/test-chromium/rootfs}
 JUPYTER_ROOTFS=${HIBER_TEST_JUPYTER_ROOTFS:-/var/cache/hiber/test-jupyter/rootfs}
+NODE_ROOTFS=${HIBER_TEST_NODE_ROOTFS:-/var/cache/hiber/test-node/rootfs}
 PKGS=(shellcheck python3-venv)
 PIP_PKGS=(pytest)
 
@@ -39,7 +40,8 @@ Idempotent set-up for hiber's tests (Debian bookworm, run as root):
   - makes the tests' Python environment /var/cache/hiber/test-venv (pytest);
   - debootstraps Debian roots with PostgreSQL (/var/cache/hiber/test-postgres/rootfs) and
     with Chromium (/var/cache/hiber/test-chromium/rootfs) and with an IPython kernel
-    (/var/cache/hiber/test-jupyter/rootfs), one to three minutes each the first time.
+    (/var/cache/hiber/test-jupyter/rootfs), and with Node and a vite project
+    (/var/cache/hiber/test-node/rootfs), one to three minutes each the first time.
 
   --check   report what is missing, exit 1 if anything is (changes nothing)
   --help    show this text
@@ -60,22 +62,27 @@ ensure_venv() {
 	STEP_NOTE="made $VENV with ${PIP_PKGS[*]}"
 }
 
-# The test roots: directory, a file that shows it is whole, the packages apt adds to minbase.
+# The test roots: directory, a file that shows it is whole, the packages apt adds to minbase,
+# and a command run in the root after them.
 TEST_ROOTS=(
-	"$PG_ROOTFS" usr/lib/postgresql/15/bin/postgres "postgresql python3"
-	"$CHROMIUM_ROOTFS" usr/bin/chromium "chromium python3 fonts-dejavu-core"
-	"$JUPYTER_ROOTFS" usr/lib/python3/dist-packages/ipykernel/__init__.py "python3-ipykernel python3-jupyter-client"
+	"$PG_ROOTFS" usr/lib/postgresql/15/bin/postgres "postgresql python3" true
+	"$CHROMIUM_ROOTFS" usr/bin/chromium "chromium python3 fonts-dejavu-core" true
+	"$JUPYTER_ROOTFS" usr/lib/python3/dist-packages/ipykernel/__init__.py "python3-ipykernel python3-jupyter-client" true
+	"$NODE_ROOTFS" srv/app/node_modules/vite/package.json "nodejs npm python3"
+	"mkdir -p /srv/app && cd /srv/app && npm init -y >/dev/null && npm install --no-audit --no-fund vite@5 && rm -rf /root/.npm"
 )
 
 test_root_ok() { [[ -e $1/$2 ]]; }
 
-# ensure_test_root DIR FILE PACKAGES: debootstrap of minbase in two stages, with a policy-rc.d
+# ensure_test_root DIR FILE PACKAGES COMMAND: debootstrap of minbase in two stages, with a policy-rc.d
 # between them so that no package's maintainer script starts a service on the host, then apt in
-# the new root adds PACKAGES (apt, unlike debootstrap, picks providers of virtual packages); in
+# the new root adds PACKAGES (apt, unlike debootstrap, picks providers of virtual packages) and
+# COMMAND runs there (npm installs from the package registry, trusting the host's certificate
+# authorities, which a proxy of the host's may need); in
 # a private mount namespace, so the /proc mounted inside goes with it. Built next to the result
 # and renamed into place when whole.
 ensure_test_root() {
-	local root=$1 file=$2 packages=$3 mirror tmp=$1.tmp out
+	local root=$1 file=$2 packages=$3 command=$4 mirror tmp=$1.tmp out
 	if test_root_ok "$root" "$file"; then
 		STEP_NOTE="present at $root"
 		return 0
@@ -91,8 +98,11 @@ ensure_test_root() {
 		chroot "$1" /debootstrap/debootstrap --second-stage &&
 		mount -t proc proc "$1/proc" &&
 		chroot "$1" apt-get -q update &&
-		chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends $3' \
-		sh "$tmp" "$mirror" "$packages" 2>&1) ||
+		chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get -q install -y --no-install-recommends $3 &&
+		cp /etc/ssl/certs/ca-certificates.crt "$1/tmp/host-ca.crt" &&
+		chroot "$1" env npm_config_cafile=/tmp/host-ca.crt sh -c "$4" &&
+		rm "$1/tmp/host-ca.crt"' \
+		sh "$tmp" "$mirror" "$packages" "$command" 2>&1) ||
 		die "debootstrap of $packages failed: $(tail -n 3 <<<"$out")"
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
@@ -113,7 +123,7 @@ check_only() {
 		n=$((n + 1))
 	}
 	local i
-	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 3)); do
+	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 4)); do
 		test_root_ok "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" || {
 			log "missing: the tests' root filesystem ${TEST_ROOTS[i]}"
 			n=$((n + 1))
@@ -132,8 +142,9 @@ set_up() {
 	step "packages" apt_install "${PKGS[@]}"
 	step "tests' Python environment" ensure_venv
 	local i
-	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 3)); do
-		step "tests' root ${TEST_ROOTS[i]}" ensure_test_root "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" "${TEST_ROOTS[i + 2]}"
+	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 4)); do
+		step "tests' root ${TEST_ROOTS[i]}" ensure_test_root "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" "${TEST_ROOTS[i + 2]}" \
+			"${TEST_ROOTS[i + 3]}"
 	done
 }
 
