@@ -51,6 +51,9 @@ pub struct Overlay {
 /// process with a watch cannot be dumped ("fsnotify: Can't dump that handle").
 const FILE_HANDLES: &str = "index=on,nfs_export=on";
 
+/// How long a mount waits for a layer still marked in use by an overlay going away.
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Overlay {
     fn options(&self) -> Result<String, OverlayError> {
         if self.lowers.is_empty() {
@@ -79,8 +82,24 @@ impl Overlay {
                 source,
             })?;
         }
-        mount(Some("overlay"), &self.target, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
-            .map_err(|e| OverlayError::Sys { op: "mount overlay on", path: self.target.clone(), source: e.into() })
+        // With `index=on` the kernel refuses a layer that an overlay still being torn down has
+        // marked in use (the upper directory of a sandbox just suspended, now the snapshot's
+        // layer, while its last references drop): that clears within milliseconds.
+        let deadline = std::time::Instant::now() + IN_USE_WAIT;
+        loop {
+            match mount(Some("overlay"), &self.target, Some("overlay"), MsFlags::empty(), Some(options.as_str())) {
+                Err(Errno::EBUSY) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                r => {
+                    return r.map_err(|e| OverlayError::Sys {
+                        op: "mount overlay on",
+                        path: self.target.clone(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
     }
 }
 
