@@ -17,19 +17,6 @@ macro_rules! require {
     };
 }
 
-/// The Debian root with Chromium, if the tests' set-up made it.
-fn chromium_rootfs() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("HIBER_TEST_CHROMIUM_ROOTFS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/hiber/test-chromium/rootfs".into());
-    if path.join("usr/bin/chromium").exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
-    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
-    None
-}
-
 /// A page whose title counts tenths of a second since it was loaded, and Chromium showing it
 /// with DevTools on 127.0.0.1:9222.
 const BROWSER: &str = r#"
@@ -51,7 +38,9 @@ fn count(home: &Home, id: &str) -> Option<u64> {
 #[test]
 fn a_pages_timer_carries_on_and_devtools_answers_after_restore_and_in_forks() {
     require!();
-    let Some(rootfs) = chromium_rootfs() else { return };
+    let Some(rootfs) = common::test_root("HIBER_TEST_CHROMIUM_ROOTFS", "test-chromium", "usr/bin/chromium") else {
+        return;
+    };
     let home = Home::new();
     home.ok(&["image", "import", "--name", "chromium", rootfs.to_str().unwrap()]);
     let id = home.detached(&["chromium", "sh", "-c", BROWSER]);
@@ -92,7 +81,9 @@ exec setpriv --reuid=web --regid=web --init-groups env HOME=/home/web chromium -
 #[test]
 fn chromiums_own_sandbox_runs_but_its_nested_pid_namespaces_are_refused_in_one_line() {
     require!();
-    let Some(rootfs) = chromium_rootfs() else { return };
+    let Some(rootfs) = common::test_root("HIBER_TEST_CHROMIUM_ROOTFS", "test-chromium", "usr/bin/chromium") else {
+        return;
+    };
     let home = Home::new();
     home.ok(&["image", "import", "--name", "chromium", rootfs.to_str().unwrap()]);
     let id = home.detached(&["chromium", "sh", "-c", SANDBOXED_BROWSER]);

@@ -17,19 +17,6 @@ macro_rules! require {
     };
 }
 
-/// The Debian root with Node and vite, if the tests' set-up made it.
-fn node_rootfs() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("HIBER_TEST_NODE_ROOTFS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/hiber/test-node/rootfs".into());
-    if path.join("srv/app/node_modules/vite/package.json").exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
-    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
-    None
-}
-
 /// A page importing /main.js, served by vite on 127.0.0.1:5173.
 const DEV_SERVER: &str = r#"
 cd /srv/app
@@ -58,7 +45,11 @@ fn edit_and_see(home: &Home, id: &str, word: &str) {
 #[test]
 fn a_vite_dev_server_serves_edits_made_after_restore_and_in_each_fork() {
     require!();
-    let Some(rootfs) = node_rootfs() else { return };
+    let Some(rootfs) =
+        common::test_root("HIBER_TEST_NODE_ROOTFS", "test-node", "srv/app/node_modules/vite/package.json")
+    else {
+        return;
+    };
     let home = Home::new();
     home.ok(&["image", "import", "--name", "node", rootfs.to_str().unwrap()]);
     let id = home.detached(&["node", "sh", "-c", DEV_SERVER]);

@@ -17,19 +17,6 @@ macro_rules! require {
     };
 }
 
-/// The Debian root with an IPython kernel, if the tests' set-up made it.
-fn jupyter_rootfs() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("HIBER_TEST_JUPYTER_ROOTFS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/hiber/test-jupyter/rootfs".into());
-    if path.join("usr/lib/python3/dist-packages/ipykernel").is_dir() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
-    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
-    None
-}
-
 /// A kernel on fixed loopback ports, as a notebook server would start it.
 const KERNEL: &str = r#"
 echo '{"shell_port": 50001, "iopub_port": 50002, "stdin_port": 50003, "control_port": 50004,
@@ -62,7 +49,11 @@ fn run_cell(home: &Home, id: &str, code: &str) -> String {
 #[test]
 fn a_kernels_variables_survive_restore_and_forks_are_independent_kernels() {
     require!();
-    let Some(rootfs) = jupyter_rootfs() else { return };
+    let Some(rootfs) =
+        common::test_root("HIBER_TEST_JUPYTER_ROOTFS", "test-jupyter", "usr/lib/python3/dist-packages/ipykernel")
+    else {
+        return;
+    };
     let home = Home::new();
     home.ok(&["image", "import", "--name", "jupyter", rootfs.to_str().unwrap()]);
     let id = home.detached(&["jupyter", "sh", "-c", KERNEL]);

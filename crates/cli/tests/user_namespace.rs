@@ -197,19 +197,6 @@ fn check_reports_the_user_namespace_with_its_map() {
     assert!(line.contains("root inside is host uid 1000000000 (map: 0 1000000000 65536)"), "{line}");
 }
 
-/// The Debian root with PostgreSQL that scripts/setup-test.sh makes.
-fn postgres_rootfs() -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("HIBER_TEST_PG_ROOTFS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/hiber/test-postgres/rootfs".into());
-    if path.join("usr/lib/postgresql/15/bin/postgres").exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
-    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
-    None
-}
-
 /// PostgreSQL as `postgres`, its data in /var/lib/pg, listening on 127.0.0.1:5432; and a `psql`
 /// session that reads statements from the FIFO /tmp/sql (held open by a sleeping writer) and
 /// writes its answers to /tmp/answers, its session state a temporary table.
@@ -244,7 +231,10 @@ fn in_session(home: &Home, id: &str, sql: &str) -> String {
 #[test]
 fn postgres_as_its_own_user_keeps_its_rows_and_open_session_across_snapshot_restore_and_fork() {
     require!();
-    let Some(rootfs) = postgres_rootfs() else { return };
+    let Some(rootfs) = common::test_root("HIBER_TEST_PG_ROOTFS", "test-postgres", "usr/lib/postgresql/15/bin/postgres")
+    else {
+        return;
+    };
     let home = Home::new();
     home.ok(&["image", "import", "--name", "postgres", rootfs.to_str().unwrap()]);
     let id = home.detached(&["postgres", "sh", "-c", POSTGRES]);

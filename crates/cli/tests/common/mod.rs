@@ -21,6 +21,21 @@ pub fn can_snapshot(test: &str) -> bool {
     hiber_sandbox::preflight::require(test, hiber_sandbox::preflight::SNAPSHOTS)
 }
 
+/// The root filesystem scripts/setup-test.sh makes under /var/cache/hiber/`name`/rootfs (or
+/// the directory environment variable `var` names), if it has `marker`. Without it the test is
+/// skipped with a visible reason, or fails when `CI` is set.
+pub fn test_root(var: &str, name: &str, marker: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("/var/cache/hiber").join(name).join("rootfs"));
+    if path.join(marker).exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
+    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
+    None
+}
+
 /// A private hiber home for one test.
 pub struct Home {
     pub dir: tempfile::TempDir,

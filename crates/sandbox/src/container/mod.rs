@@ -27,7 +27,6 @@ use hiber_common::fs::{read_json, write_json_atomic};
 use hiber_common::lock::{self, Mode};
 use hiber_image::{ImageStore, LayerStore};
 use hiber_proto::{InitConfig, Reply, Request};
-use nix::sched::{setns, CloneFlags};
 
 use self::cgroup::{wait_until, Cgroup, CgroupError, Hierarchy};
 pub use self::criu::{Criu, CriuError};
@@ -284,16 +283,10 @@ fn reap_if_child(shim_pid: i32) {
 /// Opens a TCP connection to 127.0.0.1:`port` in the network namespace of host process `pid`
 /// (bringing its loopback up, as a fresh restore's may still be down).
 pub fn dial_in_netns(pid: i32, port: u16) -> io::Result<TcpStream> {
-    let netns = File::open(format!("/proc/{pid}/ns/net"))?;
-    // setns() moves only the calling thread, so the connection is made by a thread of its own;
-    // the socket stays in the namespace it was made in.
-    std::thread::spawn(move || {
-        setns(&netns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+    spawn::in_namespaces(pid, &[spawn::Namespace::Net], move || {
         hiber_common::net::loopback_up()?;
         TcpStream::connect((Ipv4Addr::LOCALHOST, port))
     })
-    .join()
-    .map_err(|_| io::Error::other("the dialing thread panicked"))?
 }
 
 impl Backend for ContainerBackend {

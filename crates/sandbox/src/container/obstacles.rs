@@ -21,8 +21,8 @@ const UNSUPPORTED: [(&str, &str); 6] = [
 pub fn describe(host_pid: i32, pid_namespace: &str) -> Vec<String> {
     let who = || format!("process {} ({})", inner_pid(host_pid), command(host_pid));
     let mut found = Vec::new();
-    let own = fs::read_link(format!("/proc/{host_pid}/ns/pid")).map(|l| l.to_string_lossy().into_owned());
-    if own.is_ok_and(|ns| ns != pid_namespace) {
+    let own = self::pid_namespace(host_pid);
+    if !own.is_empty() && own != pid_namespace {
         // Chromium's own sandbox makes these, for instance.
         found.push(format!("{} is in a nested pid namespace, which CRIU cannot dump", who()));
     }

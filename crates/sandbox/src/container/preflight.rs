@@ -92,7 +92,7 @@ fn user_namespaces() -> Result<(), String> {
             let mut made = [0u8; 1];
             let read = nix::unistd::read(ready_r.as_raw_fd(), &mut made);
             let result = match (read, made[0]) {
-                (Ok(1), 1) => std::fs::write(format!("/proc/{child}/uid_map"), ids::id_map())
+                (Ok(1), 1) => super::spawn::map_ids(child.as_raw())
                     .map_err(|e| format!("cannot map the sandboxes' ids ({}): {e}", ids::id_map())),
                 _ => Err("unshare(CLONE_NEWUSER) failed".to_string()),
             };

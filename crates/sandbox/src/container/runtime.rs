@@ -21,6 +21,12 @@ pub struct RuntimeError {
     pub source: io::Error,
 }
 
+/// The sandbox's root, relative to its runtime directory: the shim clones the child in that
+/// directory (a clone's working directory moves into its new mount namespace with it), and the
+/// child names everything from there, since in its user namespace it may not search the host's
+/// directories above (a home under `/root`, mode 0700).
+pub const ROOTFS: &str = "rootfs";
+
 /// The directory of one sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxDir(PathBuf);
@@ -52,7 +58,7 @@ impl SandboxDir {
     }
     /// Where the root filesystem is mounted.
     pub fn rootfs(&self) -> PathBuf {
-        self.0.join("rootfs")
+        self.0.join(ROOTFS)
     }
     /// Held exclusively while a snapshot is taken; host connections wait
     /// for it (a connection open in the sandbox would spoil the dump).

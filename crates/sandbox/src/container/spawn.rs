@@ -33,7 +33,7 @@ use super::cgroup::Cgroup;
 use super::criu::{Criu, RestoreNetns};
 use super::proc_masks::ProcMasks;
 use super::record::ExitRecord;
-use super::runtime::SandboxDir;
+use super::runtime::{SandboxDir, ROOTFS};
 use super::{capabilities, seccomp};
 use crate::spec::{Capabilities, Confinement, Seccomp};
 
@@ -147,12 +147,6 @@ pub fn launch(mut launch: Launch) -> Result<Launched, SpawnError> {
     }
 }
 
-/// The sandbox's root, relative to its runtime directory: the shim clones the child in that
-/// directory (a clone's working directory moves into its new mount namespace with it), and the
-/// child names everything from there, since in its user namespace it may not search the host's
-/// directories above (a home under `/root`, mode 0700).
-const ROOT: &str = "rootfs";
-
 /// Everything the init child needs, allocated before any fork or clone.
 struct ChildArgs {
     proc_dir: CString,
@@ -173,16 +167,15 @@ impl ChildArgs {
     fn new(dir: &SandboxDir, config: &InitConfig, confinement: Confinement) -> Result<ChildArgs, SpawnError> {
         let c = |s: &str| CString::new(s).map_err(|_| SpawnError::Setup(format!("NUL byte in {s:?}")));
         let json = serde_json::to_string(config).expect("config serializes");
-        debug_assert_eq!(dir.rootfs(), dir.path().join(ROOT));
         let empty = dir.rootfs().join(super::proc_masks::EMPTY_DIR);
         if !empty.is_dir() {
             return Err(SpawnError::Setup(format!("{} is missing: hiber's layer is damaged", empty.display())));
         }
-        let rootfs = Path::new(ROOT);
+        let rootfs = Path::new(ROOTFS);
         Ok(ChildArgs {
-            proc_dir: c(&format!("{ROOT}/proc"))?,
-            pts_dir: c(&format!("{ROOT}/dev/pts"))?,
-            rootfs: c(ROOT)?,
+            proc_dir: c(&format!("{ROOTFS}/proc"))?,
+            pts_dir: c(&format!("{ROOTFS}/dev/pts"))?,
+            rootfs: c(ROOTFS)?,
             init: c(INIT_PATH)?,
             argv: [c(INIT_PATH)?, c(&json)?],
             env: [c(&format!("PATH={}", hiber_proto::DEFAULT_PATH))?],
@@ -338,7 +331,7 @@ fn start_init(launch: &Launch, args: &ChildArgs) -> Result<i32, SpawnError> {
 }
 
 /// Maps the ids of `pid`'s new user namespace to the sandboxes' host range.
-fn map_ids(pid: i32) -> Result<(), SpawnError> {
+pub(super) fn map_ids(pid: i32) -> Result<(), SpawnError> {
     let map = hiber_image::ids::id_map();
     for file in ["uid_map", "gid_map"] {
         std::fs::write(format!("/proc/{pid}/{file}"), &map).map_err(|e| SpawnError::Sys("writing the id map", e))?;
@@ -437,24 +430,55 @@ fn fresh_netns() -> Result<OwnedFd, SpawnError> {
 }
 
 /// Brings the loopback of `pid`'s network namespace up and gives its uts
-/// namespace `hostname` (CRIU brings back the old one), from a thread that
-/// joins them: `setns` moves only the calling thread.
+/// namespace `hostname` (CRIU brings back the old one).
 fn set_up_namespaces(pid: i32, hostname: &str) -> Result<(), String> {
-    use nix::sched::{setns, CloneFlags};
     let hostname = hostname.to_string();
-    let join = move |kind: &str, flag: CloneFlags| {
-        let path = format!("/proc/{pid}/ns/{kind}");
-        let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-        setns(&ns, flag).map_err(|e| format!("joining {path}: {e}"))
-    };
+    in_namespaces(pid, &[Namespace::Net, Namespace::Uts], move || {
+        hiber_common::net::loopback_up()
+            .map_err(|e| io::Error::new(e.kind(), format!("bringing the loopback up: {e}")))?;
+        sethostname(&hostname).map_err(|e| io::Error::other(format!("setting the hostname: {e}")))
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// A namespace [`in_namespaces`] can join.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Namespace {
+    /// The network namespace.
+    Net,
+    /// The hostname's.
+    Uts,
+}
+
+/// Runs `f` on a thread of its own that has joined `namespaces` of host process `pid`
+/// (`setns` moves only the calling thread; what `f` makes, a socket say, stays in them).
+pub(super) fn in_namespaces<T: Send + 'static>(
+    pid: i32,
+    namespaces: &[Namespace],
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    use nix::sched::{setns, CloneFlags};
+    let files = namespaces
+        .iter()
+        .map(|ns| {
+            let (kind, flag) = match ns {
+                Namespace::Net => ("net", CloneFlags::CLONE_NEWNET),
+                Namespace::Uts => ("uts", CloneFlags::CLONE_NEWUTS),
+            };
+            let path = format!("/proc/{pid}/ns/{kind}");
+            File::open(&path)
+                .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+                .map(|file| (file, flag, path))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     std::thread::spawn(move || {
-        join("net", CloneFlags::CLONE_NEWNET)?;
-        hiber_common::net::loopback_up().map_err(|e| format!("bringing the loopback up: {e}"))?;
-        join("uts", CloneFlags::CLONE_NEWUTS)?;
-        sethostname(&hostname).map_err(|e| format!("setting the hostname: {e}"))
+        for (file, flag, path) in files {
+            setns(&file, flag).map_err(|e| io::Error::other(format!("joining {path}: {e}")))?;
+        }
+        f()
     })
     .join()
-    .map_err(|_| "the namespace thread panicked".to_string())?
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
 /// Exit code of a wait status: the exit status, or 128 + the signal.
