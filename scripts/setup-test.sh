@@ -9,7 +9,7 @@
 # What it provides: shellcheck (Debian), a Python virtual environment for the SDKs' tests
 # at /var/cache/hiber/test-venv (Debian's python3 with python3-venv; pytest from the package
 # index, as Debian's python3 refuses pip installs outside a venv), which scripts/test.sh uses,
-# and Debian root filesystems with PostgreSQL, Chromium, an IPython kernel and Node with vite under
+# and Debian root filesystems with PostgreSQL, Chromium and ffmpeg, an IPython kernel and Node with vite under
 # /var/cache/hiber/test-*
 # (made by debootstrap from the host's apt mirror, their services never started), which the
 # workload tests import as images.
@@ -39,7 +39,7 @@ Idempotent set-up for hiber's tests (Debian bookworm, run as root):
   - installs shellcheck and python3-venv with apt-get (never upgrading installed packages);
   - makes the tests' Python environment /var/cache/hiber/test-venv (pytest);
   - debootstraps Debian roots with PostgreSQL (/var/cache/hiber/test-postgres/rootfs) and
-    with Chromium (/var/cache/hiber/test-chromium/rootfs) and with an IPython kernel
+    with Chromium and ffmpeg (/var/cache/hiber/test-chromium/rootfs) and with an IPython kernel
     (/var/cache/hiber/test-jupyter/rootfs), and with Node and a vite project
     (/var/cache/hiber/test-node/rootfs), one to three minutes each the first time.
 
@@ -66,7 +66,7 @@ ensure_venv() {
 # and a command run in the root after them.
 TEST_ROOTS=(
 	"$PG_ROOTFS" usr/lib/postgresql/15/bin/postgres "postgresql python3" true
-	"$CHROMIUM_ROOTFS" usr/bin/chromium "chromium python3 fonts-dejavu-core" true
+	"$CHROMIUM_ROOTFS" usr/bin/ffmpeg "chromium python3 fonts-dejavu-core ffmpeg" true
 	"$JUPYTER_ROOTFS" usr/lib/python3/dist-packages/ipykernel/__init__.py "python3-ipykernel python3-jupyter-client" true
 	"$NODE_ROOTFS" srv/app/node_modules/vite/package.json "nodejs npm python3"
 	"mkdir -p /srv/app && cd /srv/app && npm init -y >/dev/null && npm install --no-audit --no-fund vite@5 && rm -rf /root/.npm"
@@ -106,6 +106,7 @@ ensure_test_root() {
 		die "debootstrap of $packages failed: $(tail -n 3 <<<"$out")"
 	rm -f "$tmp/usr/sbin/policy-rc.d"
 	rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*
+	rm -rf "$root" # one made before its packages changed
 	mv "$tmp" "$root"
 	STEP_NOTE="made $root ($(du -sh "$root" | cut -f1))"
 }
