@@ -209,6 +209,43 @@ fn chains_of_ten_generations_keep_their_lineage() {
     assert_eq!(lines.lines().count(), 10, "every generation's write is there: {lines}");
 }
 
+/// What each generation of `squashed_stacks_keep_...` changes: files and directories of the
+/// image and of earlier generations deleted, replaced and made again.
+const GENERATION_CHANGES: [&str; 5] = [
+    "rm /etc/hosts; mkdir -p /work/a; echo 0 > /work/a/f",
+    "rm -r /work/a; mkdir /work/a; echo 1 > /work/a/g",
+    "rm -r /usr/sbin; echo file > /usr/sbin",
+    "rm /usr/sbin; mkdir /usr/sbin; echo mine > /usr/sbin/mine",
+    "echo changed > /etc/group",
+];
+
+#[test]
+fn squashed_stacks_keep_every_generation_s_deletions_replacements_and_files() {
+    require!();
+    let home = Home::new();
+    home.busybox();
+    let mut sandbox = home.detached(&["busybox", "sh", "-c", COUNTER]);
+    for generation in 0..12 {
+        let change = GENERATION_CHANGES.get(generation).copied().unwrap_or("true");
+        home.ok(&["exec", &sandbox, "sh", "-ec", &format!("{change}; touch /work/n{generation}")]);
+        let snap = home.ok(&["snapshot", &sandbox]).trim().to_string();
+        sandbox = home.ok(&["restore", &snap]).trim().to_string();
+        let depth = home.stack_depth(&sandbox);
+        assert!(depth <= 10, "generation {generation}: the root stacks {depth} layers");
+    }
+    let ls = |dir: &str| home.ok(&["exec", &sandbox, "ls", dir]).split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(ls("/etc"), "group passwd", "a deleted image file stays deleted");
+    assert_eq!(ls("/work/a"), "g", "a directory made again hides what it held before");
+    assert_eq!(ls("/usr/sbin"), "mine", "a directory over a file over the image's hides the image's");
+    assert_eq!(home.ok(&["exec", &sandbox, "cat", "/etc/group"]).trim(), "changed");
+    let names: Vec<String> = (0..12).map(|g| format!("n{g}")).collect();
+    let mut listed: Vec<String> = ls("/work").split(' ').filter(|n| *n != "a").map(String::from).collect();
+    listed.sort_by_key(|n| n[1..].parse::<u32>().unwrap());
+    assert_eq!(listed, names, "every generation's file is there");
+    let before = count(&home, &sandbox);
+    assert!(eventually(Duration::from_secs(5), || count(&home, &sandbox) > before), "the counter runs on");
+}
+
 #[test]
 fn forks_are_independent_and_restores_survive_the_original() {
     require!();

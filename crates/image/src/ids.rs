@@ -8,10 +8,8 @@
 //! in its upper directory with shifted owners too. Sandboxes are kept apart from each other by
 //! their own pid, mount, network and IPC namespaces, not by their ids.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -83,35 +81,13 @@ fn shift_one(path: &Path, meta: &fs::Metadata) -> io::Result<()> {
     Ok(())
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
 /// The file capabilities of `path`, if it has any.
 fn capability_xattr(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let c = c_path(path)?;
-    let mut value = vec![0u8; 64];
-    // SAFETY: both strings are NUL-terminated and `value` has room for the length passed.
-    let n = unsafe { libc::lgetxattr(c.as_ptr(), CAPABILITY_XATTR.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    value.truncate(n as usize);
-    Ok(Some(value))
+    crate::xattr::get(path, CAPABILITY_XATTR)
 }
 
 fn set_capability_xattr(path: &Path, value: &[u8]) -> io::Result<()> {
-    let c = c_path(path)?;
-    // SAFETY: both strings are NUL-terminated and `value` is valid for its length.
-    let r = unsafe { libc::lsetxattr(c.as_ptr(), CAPABILITY_XATTR.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::xattr::set(path, CAPABILITY_XATTR, value)
 }
 
 #[cfg(test)]

@@ -191,6 +191,16 @@ impl LayerStore {
         staging.commit_as(id)
     }
 
+    /// Makes layer `id` from the squash of layer directories `sources`, top-most first (see
+    /// `squash`): mounted over the layers below them, it shows the same tree they did. Its
+    /// files are hard links to theirs, so each source must be immutable from now on.
+    pub fn squash_as(&self, sources: &[&Path], id: &LayerId) -> Result<(), LayerError> {
+        let staging = self.staging()?;
+        crate::squash::squash(sources, staging.path())
+            .map_err(LayerError::io(format!("cannot squash {} layers into layer {id}", sources.len())))?;
+        staging.commit_as(id)
+    }
+
     /// Removes a layer. The directory is first renamed into a staging directory, so a removal
     /// interrupted half-way never leaves a partial layer behind.
     pub fn remove(&self, id: &LayerId) -> Result<(), LayerError> {

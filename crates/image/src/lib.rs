@@ -24,7 +24,9 @@ mod image;
 mod import;
 mod layer;
 mod mirror;
+mod squash;
 mod store;
+mod xattr;
 
 pub use busybox::BusyboxError;
 pub use copy::CopyError;

@@ -137,6 +137,15 @@ impl Home {
             .expect("the sandbox's host view")
     }
 
+    /// How many layers sandbox `id`'s root filesystem stacks (its overlay's `lowerdir`).
+    pub fn stack_depth(&self, id: &str) -> usize {
+        let rootfs = self.host(id).rootfs;
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let line = mounts.lines().find(|l| l.split(' ').nth(1) == rootfs.to_str()).expect("the sandbox's overlay");
+        let lowers = line.split([' ', ',']).find_map(|o| o.strip_prefix("lowerdir=")).expect("lowerdir=");
+        lowers.split(':').count()
+    }
+
     /// The `ps --json` entry of sandbox `id`.
     pub fn sandbox(&self, id: &str) -> serde_json::Value {
         self.ps().into_iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("sandbox {id} not listed"))

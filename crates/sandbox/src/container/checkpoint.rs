@@ -40,10 +40,32 @@ struct Journal {
     leave_running: bool,
     /// The layer the sandbox's upper directory becomes.
     layer: String,
+    /// The snapshot layers under the upper directory, top-most first, that `layer` absorbs
+    /// (see [`MAX_SNAPSHOT_LAYERS`]); none for most snapshots.
+    #[serde(default)]
+    squash: Vec<std::path::PathBuf>,
+}
+
+/// The most snapshot layers a sandbox's stack holds above its image: a snapshot that would make
+/// more squashes its upper directory and the snapshot layers under it into one layer. Each
+/// snapshot adds a layer, and a stack cannot grow for ever: a page of mount options holds about
+/// eighty layers, CRIU reads mount lines of bounded length (dumps failed at the 91st), and every
+/// lookup of a missing name searches every layer.
+const MAX_SNAPSHOT_LAYERS: usize = 8;
+
+/// The snapshot layers at the top of stack `lowers` (those above hiber's own layer).
+fn snapshot_layers(lowers: &[std::path::PathBuf]) -> &[std::path::PathBuf] {
+    let own = lowers.iter().position(|l| super::init_layer::is_init_layer(&layer_name(l)));
+    &lowers[..own.unwrap_or(0)]
 }
 
 fn layer_name(path: &Path) -> String {
     path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// What a squash of `upper` and the snapshot layers `below` it (top-most first) reads.
+fn squash_sources<'a>(upper: &'a Path, below: &'a [std::path::PathBuf]) -> Vec<&'a Path> {
+    std::iter::once(upper).chain(below.iter().map(|l| l.as_path())).collect()
 }
 
 /// The layers a container manifest stands on (none for another backend's).
@@ -86,8 +108,14 @@ impl ContainerBackend {
         }
         let dir = self.runtime.dir(&record.id);
         let layer = LayerId::random();
-        let journal =
-            Journal { sandbox: record.id.clone(), leave_running: options.leave_running, layer: layer.to_string() };
+        let below = snapshot_layers(&record.lowers);
+        let squash = if below.len() >= MAX_SNAPSHOT_LAYERS { below.to_vec() } else { Vec::new() };
+        let journal = Journal {
+            sandbox: record.id.clone(),
+            leave_running: options.leave_running,
+            layer: layer.to_string(),
+            squash,
+        };
         let journal_json = serde_json::to_value(&journal).expect("a journal serializes");
         let mut pending = self.snapshots.begin(options.name.as_deref(), &journal_json)?;
         pending.share_with_children();
@@ -99,7 +127,7 @@ impl ContainerBackend {
         self.detach_clients(&record)?;
         let cgroup = self.cgroup(&record);
         cgroup.set_frozen(true)?;
-        let manifest = self.dump(&criu, &record, options, &layer, &mut *pending);
+        let manifest = self.dump(&criu, &record, options, &journal, &mut *pending);
         let manifest = match manifest {
             Ok(m) => m,
             Err(e) => {
@@ -109,7 +137,7 @@ impl ContainerBackend {
         };
         if options.leave_running {
             // Copy while frozen: the layer matches the dumped open files.
-            let copied = self.layers.copy_as(&dir.upper(), &layer);
+            let copied = self.copy_upper(&dir.upper(), &journal);
             cgroup.set_frozen(false)?;
             copied?;
         } else {
@@ -126,13 +154,13 @@ impl ContainerBackend {
     }
 
     /// Dumps the frozen tree of `record` into its runtime directory, hands the files to
-    /// `pending` and seals it; `layer` is the one its upper directory becomes.
+    /// `pending` and seals it; `journal` says which layer its upper directory becomes.
     fn dump(
         &self,
         criu: &Criu,
         record: &SandboxRecord,
         options: &SnapshotOptions,
-        layer: &LayerId,
+        journal: &Journal,
         pending: &mut dyn Pending,
     ) -> Result<Manifest, SandboxError> {
         let dir = self.runtime.dir(&record.id);
@@ -145,8 +173,8 @@ impl ContainerBackend {
             pending.add_file(&format!("{CRIU_DIR}/{rel}"), &images.join(&rel))?;
         }
         let _ = fs::remove_dir_all(&images);
-        let mut layers = vec![layer.to_string()];
-        layers.extend(record.lowers.iter().map(|l| layer_name(l)));
+        let mut layers = vec![journal.layer.clone()];
+        layers.extend(record.lowers[journal.squash.len()..].iter().map(|l| layer_name(l)));
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             id: pending.id().to_string(),
@@ -176,9 +204,30 @@ impl ContainerBackend {
         overlay::unmount(&dir.rootfs())?;
         let layer = LayerId::parse(&journal.layer)?;
         if dir.upper().is_dir() {
-            self.layers.adopt_as(&dir.upper(), &layer)?;
+            if journal.squash.is_empty() {
+                self.layers.adopt_as(&dir.upper(), &layer)?;
+            } else {
+                // The sandbox is gone: its upper directory is as immutable as its layers.
+                self.layers.squash_as(&squash_sources(&dir.upper(), &journal.squash), &layer)?;
+                let _ = fs::remove_dir_all(dir.upper());
+            }
         }
         mark_suspended(&dir.suspended(), snapshot)
+    }
+
+    /// Makes the journaled layer from a copy of a running sandbox's (frozen) upper directory.
+    fn copy_upper(&self, upper: &Path, journal: &Journal) -> Result<(), SandboxError> {
+        let layer = LayerId::parse(&journal.layer)?;
+        if journal.squash.is_empty() {
+            return Ok(self.layers.copy_as(upper, &layer)?);
+        }
+        // The squash links files, and the sandbox goes on changing its own: squash a copy.
+        let copy = LayerId::random();
+        self.layers.copy_as(upper, &copy)?;
+        let squashed = self.layers.squash_as(&squash_sources(&self.layers.path(&copy), &journal.squash), &layer);
+        let removed = self.layers.remove(&copy);
+        squashed?;
+        Ok(removed?)
     }
 
     /// Rolls leftovers of killed snapshots back or forward.

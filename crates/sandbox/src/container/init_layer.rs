@@ -90,11 +90,20 @@ fn identity(binary: &Path) -> Option<String> {
     Some(format!("{} {} {} {}.{} {}", m.dev(), m.ino(), m.len(), m.mtime(), m.mtime_nsec(), &rest[..16]))
 }
 
+/// How the names of hiber's own layers begin.
+const PREFIX: &str = "hiber-init-";
+
+/// Whether a layer named `name` is one of hiber's own (every sandbox's lowest layer above its
+/// image: the layers above it in a stack are snapshot layers).
+pub fn is_init_layer(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
 /// The layer name cached for `identity`, if the cache holds it.
 fn cached(cache: &Path, identity: Option<&str>) -> Option<String> {
     let text = fs::read_to_string(cache).ok()?;
     let (cached_identity, name) = text.split_once('\t')?;
-    let valid = Some(cached_identity) == identity && name.starts_with("hiber-init-") && !name.contains('/');
+    let valid = Some(cached_identity) == identity && is_init_layer(name) && !name.contains('/');
     valid.then(|| name.to_string())
 }
 
@@ -114,7 +123,7 @@ pub fn ensure(layers_dir: &Path, binary: &Path) -> Result<PathBuf, InitLayerErro
     }
     let bytes = fs::read(binary).map_err(|_| InitLayerError::MissingBinary(binary.to_owned()))?;
     let hash = layer_hash(&bytes, SDK_MODULE.as_bytes());
-    let name = format!("hiber-init-{}", &hash[..16]);
+    let name = format!("{PREFIX}{}", &hash[..16]);
     let layer = layers_dir.join(&name);
     if let Some(identity) = &identity {
         // Best effort: without the cache the next start hashes again.
