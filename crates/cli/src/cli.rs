@@ -332,11 +332,16 @@ pub enum BenchCommand {
         json: bool,
     },
     /// Snapshot, restore and fork-of-10 times and snapshot sizes for an idle busybox, an idle
-    /// Debian and a 100 MB python sandbox, against plain CRIU CLI calls and Podman in the same run.
+    /// Debian and a 100 MB python sandbox (or headless Chromium, a vite dev server), against
+    /// plain CRIU CLI calls and Podman in the same run.
     Snapshot {
         /// Repeat each measurement this many times and report the median.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+        /// Measure this workload (repeatable; default: idle-busybox, idle-debian, python-100m).
+        /// chromium and dev-server run on the root filesystems scripts/setup-test.sh makes.
+        #[arg(long = "workload", value_enum)]
+        workloads: Vec<crate::peers::Workload>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use hiber_sandbox::{Backend, ContainerBackend, Criu, HostView, SandboxSpec};
 
-use super::{ask_counter_of, fsync_tree, PeerTimes, Workload, SETTLE};
+use super::{dial_in, fsync_tree, PeerTimes, Workload, SETTLE};
 
 /// The flags of both calls, as PLATFORM.md's working cycle has them.
 const FLAGS: [&str; 3] = ["--tcp-established", "--file-locks", "--link-remap"];
@@ -74,7 +74,7 @@ impl<'a> Round<'a> {
 
     fn measure(&mut self, criu: &Criu, workload: Workload) -> Result<PeerTimes> {
         let (images, pidfile) = (self.dir.join("images"), self.dir.join("restore.pid"));
-        let before = workload.counter_port().map(|port| ask_counter_of(self.host.init_pid, port)).transpose()?;
+        let before = workload.probe().map(|p| p.ask(dial_in(self.host.init_pid, p.port()))).transpose()?;
         thread::sleep(SETTLE);
 
         let started = Instant::now();
@@ -95,10 +95,9 @@ impl<'a> Round<'a> {
         let restore_s = started.elapsed().as_secs_f64();
         let pid = read_pid(&pidfile)?;
         self.restored = Some(pid);
-        let restore_until_answer_s = match (before, workload.counter_port()) {
-            (Some(before), Some(port)) => {
-                let after = ask_counter_of(pid, port)?;
-                ensure!(after == before + 1, "the counter went from {before} to {after} across the restore");
+        let restore_until_answer_s = match (before, workload.probe()) {
+            (Some(before), Some(probe)) => {
+                probe.ask_again(before, dial_in(pid, probe.port()))?;
                 Some(started.elapsed().as_secs_f64())
             }
             _ => {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use super::{ask_counter_of, fsync_tree, PeerTimes, Workload, SETTLE};
+use super::{dial_in, fsync_tree, PeerTimes, Workload, SETTLE};
 
 /// Podman (`/usr/bin/podman`) with hiber's benchmark configuration, by `scripts/setup-bench.sh`.
 const PODMAN: &str = "/opt/hiber/podman/podman";
@@ -53,14 +53,15 @@ fn one_round(workload: Workload, image: &str) -> Result<PeerTimes> {
             .try_into()
             .map_err(|lines| anyhow!("unexpected `podman inspect` output: {lines:?}"))?;
 
-    let before = match workload.counter_port() {
-        Some(port) => Some(ask_counter_of(read_pid(&pidfile)?, port)?),
+    let before = match workload.probe() {
+        Some(probe) => Some(probe.ask(dial_in(read_pid(&pidfile)?, probe.port()))?),
         None => None,
     };
     thread::sleep(SETTLE);
 
     let started = Instant::now();
-    podman_out(&["container", "checkpoint", &container.id])?;
+    podman_out(&["container", "checkpoint", "--file-locks", &container.id])
+        .map_err(|e| with_criu_error(e, &userdata))?;
     let checkpoint_command_s = started.elapsed().as_secs_f64();
     // What `podman container checkpoint` writes: CRIU's images and a tar of the container's /dev/shm.
     let mut size_bytes = fsync_tree(&userdata.join("checkpoint"))?;
@@ -72,12 +73,11 @@ fn one_round(workload: Workload, image: &str) -> Result<PeerTimes> {
     let snapshot_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
-    podman_out(&["container", "restore", &container.id])?;
+    podman_out(&["container", "restore", "--file-locks", &container.id])?;
     let restore_s = started.elapsed().as_secs_f64();
-    let restore_until_answer_s = match (before, workload.counter_port()) {
-        (Some(before), Some(port)) => {
-            let after = ask_counter_of(read_pid(&pidfile)?, port)?;
-            ensure!(after == before + 1, "the counter went from {before} to {after} across the restore");
+    let restore_until_answer_s = match (before, workload.probe()) {
+        (Some(before), Some(probe)) => {
+            probe.ask_again(before, dial_in(read_pid(&pidfile)?, probe.port()))?;
             Some(started.elapsed().as_secs_f64())
         }
         _ => {
@@ -158,6 +158,17 @@ fn podman_out(args: &[&str]) -> Result<String> {
         bail!("podman {} failed: {}", args[0], String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `error` with the error lines of the CRIU log Podman's checkpoint left in `userdata` (Podman's
+/// own message only points at the log, which goes with the container).
+fn with_criu_error(error: anyhow::Error, userdata: &Path) -> anyhow::Error {
+    let log = fs::read_to_string(userdata.join("dump.log")).unwrap_or_default();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error (")).map(str::trim).collect();
+    if errors.is_empty() {
+        return error;
+    }
+    error.context(format!("CRIU: {}", errors.join("; ")))
 }
 
 fn read_pid(pidfile: &Path) -> Result<i32> {

@@ -10,7 +10,7 @@ use anyhow::{anyhow, ensure, Context, Result};
 use hiber_sandbox::{Backend, BackendState, SandboxSpec, SnapshotOptions};
 use serde::Serialize;
 
-use crate::peers::{ask_counter, disk_usage, median, Workload, SETTLE};
+use crate::peers::{disk_usage, median, Workload, SETTLE};
 
 /// How many sandboxes the fork measurement restores at once.
 pub const FORKS: usize = 10;
@@ -68,7 +68,7 @@ fn one_round(home: &Path, spec: &SandboxSpec, workload: Workload, mut cleanup: C
     let backend = cleanup.backend;
     let id = backend.create(spec.clone()).context("creating the sandbox")?.id;
     cleanup.add(id.clone());
-    let before = workload.counter_port().map(|port| ask_counter(port, || dial(backend, &id, port))).transpose()?;
+    let before = workload.probe().map(|p| p.ask(|| dial(backend, &id, p.port()))).transpose()?;
     thread::sleep(SETTLE);
 
     let started = Instant::now();
@@ -107,9 +107,8 @@ fn restore(cleanup: &Cleanup, snapshot: &str, workload: Workload, before: Option
     let id = cleanup.backend.restore(snapshot, None)?.id;
     let call_s = started.elapsed().as_secs_f64();
     cleanup.add(id.clone());
-    if let (Some(before), Some(port)) = (before, workload.counter_port()) {
-        let after = ask_counter(port, || dial(cleanup.backend, &id, port))?;
-        ensure!(after == before + 1, "the counter went from {before} to {after} across the restore");
+    if let (Some(before), Some(probe)) = (before, workload.probe()) {
+        probe.ask_again(before, || dial(cleanup.backend, &id, probe.port()))?;
     }
     Ok((call_s, started.elapsed().as_secs_f64()))
 }

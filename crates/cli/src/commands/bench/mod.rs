@@ -7,7 +7,7 @@ mod start;
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use hiber_image::{Image, ImageStore};
 
 use super::images::Progress;
@@ -16,22 +16,27 @@ use crate::cli::BenchCommand;
 pub fn bench(home: &Path, command: BenchCommand) -> Result<i32> {
     match command {
         BenchCommand::Start { runs, rounds, json } => start::start(home, runs.max(1), rounds.max(1), json),
-        BenchCommand::Snapshot { rounds, json, skip_podman } => {
-            snapshot::snapshot(home, rounds.max(1), json, skip_podman)
+        BenchCommand::Snapshot { rounds, workloads, json, skip_podman } => {
+            snapshot::snapshot(home, rounds.max(1), &workloads, json, skip_podman)
         }
         BenchCommand::Session { rounds, json } => session::session(home, rounds.max(1), json),
     }
 }
 
-/// The stock image `name` (`busybox` or `debian`), built first if it is missing.
-fn ensure_image(store: &ImageStore, name: &str) -> Result<Image> {
+/// Image `name`, made first if it is missing: imported from the root filesystem `source`, or
+/// else the stock `busybox` or `debian` built.
+fn ensure_image(store: &ImageStore, name: &str, source: Option<&str>) -> Result<Image> {
     if let Ok(image) = store.get(name) {
         return Ok(image);
     }
     let mut progress = Progress::new();
-    eprintln!("bench: building the {name} image first");
-    let image = match name {
-        "busybox" => store.build_busybox(&mut |l| progress.line(l))?,
+    eprintln!("bench: making the {name} image first");
+    let image = match (name, source) {
+        (_, Some(root)) => {
+            ensure!(Path::new(root).is_dir(), "{root} is missing: run scripts/setup-test.sh to make it");
+            store.import(Path::new(root), name, &mut |l| progress.line(l))?
+        }
+        ("busybox", None) => store.build_busybox(&mut |l| progress.line(l))?,
         _ => store.build_debian(&mut |l| progress.line(l))?,
     };
     progress.finish();

@@ -100,7 +100,7 @@ struct Targets {
 pub fn session(home: &Path, rounds: usize, json: bool) -> Result<i32> {
     let server_home = home.join(SERVER_HOME);
     fs::create_dir_all(&server_home).with_context(|| format!("creating {}", server_home.display()))?;
-    ensure_image(&ImageStore::open(&server_home)?, "debian")?;
+    ensure_image(&ImageStore::open(&server_home)?, "debian", None)?;
 
     let (running, suspended) = {
         let server = BenchServer::start(&server_home)?;

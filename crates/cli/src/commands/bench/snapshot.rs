@@ -1,4 +1,4 @@
-//! `hiber bench snapshot`: hiber's snapshot, restore, size and fork of 10 for three workloads,
+//! `hiber bench snapshot`: hiber's snapshot, restore, size and fork of 10 for chosen workloads,
 //! next to plain CRIU CLI calls and Podman on the same workloads, in the same run.
 
 use std::fs;
@@ -62,7 +62,8 @@ impl Ratios {
     }
 }
 
-pub fn snapshot(home: &Path, rounds: usize, json: bool, skip_podman: bool) -> Result<i32> {
+pub fn snapshot(home: &Path, rounds: usize, workloads: &[Workload], json: bool, skip_podman: bool) -> Result<i32> {
+    let chosen = if workloads.is_empty() { &Workload::DEFAULT[..] } else { workloads };
     let store = ImageStore::open(home)?;
     let backend = backend(home)?;
     let criu = Criu::locate()?;
@@ -79,9 +80,9 @@ pub fn snapshot(home: &Path, rounds: usize, json: bool, skip_podman: bool) -> Re
         true
     };
 
-    let mut workloads = Vec::new();
-    for workload in Workload::ALL {
-        let image = ensure_image(&store, workload.image())?;
+    let mut reports = Vec::new();
+    for &workload in chosen {
+        let image = ensure_image(&store, workload.image(), workload.root_source())?;
         let lowers = store.lower_dirs(&image);
         let spec = SandboxSpec {
             name: None,
@@ -102,11 +103,11 @@ pub fn snapshot(home: &Path, rounds: usize, json: bool, skip_podman: bool) -> Re
             None
         };
         let ratios = Ratios::new(&hiber, criu_cli.as_ref(), podman.as_ref());
-        workloads.push(WorkloadReport { workload: label, hiber, criu_cli, podman, ratios });
+        reports.push(WorkloadReport { workload: label, hiber, criu_cli, podman, ratios });
     }
     let _ = fs::remove_dir(&work);
 
-    let report = Report { rounds, criu_version: criu.version, workloads, notes };
+    let report = Report { rounds, criu_version: criu.version, workloads: reports, notes };
     if json {
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
@@ -183,7 +184,8 @@ fn print_report(report: &Report) -> std::io::Result<()> {
         report.criu_version
     )?;
     outln!("restore command until the workload answers again (idle: the command returns; python-100m: its")?;
-    outln!("next counter value, previous + 1, is read in the sandbox); size = allocated on disk (hiber: the")?;
+    outln!("next counter value, previous + 1, is read in the sandbox; chromium: DevTools lists the page with")?;
+    outln!("its timer not gone back; dev-server: vite serves /main.js); size = allocated on disk (hiber: the")?;
     outln!("snapshot directory + its new layer); fork x{FORKS} = wall time for {FORKS} concurrent restores of one")?;
     outln!("snapshot until all answer. Ratios below 1 mean hiber is faster.")?;
     for note in &report.notes {

@@ -43,7 +43,7 @@ pub fn start(home: &Path, runs: usize, rounds: usize, json: bool) -> Result<i32>
     let backend = backend(home)?;
     let mut results = Vec::new();
     for name in ["busybox", "debian"] {
-        let image = ensure_image(&store, name)?;
+        let image = ensure_image(&store, name, None)?;
         let spec = SandboxSpec {
             name: None,
             image: image.name.clone(),
