@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hiber_context::{Entry, Kind, NewEntry};
-use hiber_sandbox::{SnapshotOptions, Status};
+use hiber_sandbox::{SandboxError, SnapshotOptions, Status};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
@@ -374,8 +374,18 @@ impl Task {
         match self.shared.blocking(move |b| b.snapshot(&sandbox, &options)).await {
             Ok(manifest) => {
                 self.shared.metrics.snapshot.observe(started.elapsed());
+                self.record.suspend_blocked = None;
                 self.adopt_snapshot(manifest.id).await;
                 self.save(state).await;
+            }
+            Err(SessionError::Sandbox(e @ SandboxError::Uncarriable { .. })) => {
+                // Nothing was changed: the agent runs on, and says why it cannot sleep.
+                if self.record.suspend_blocked.as_deref() != Some(&e.to_string()) {
+                    eprintln!("hiber serve: session {}: {e}", self.record.id);
+                    self.record.suspend_blocked = Some(e.to_string());
+                    self.save(self.record.state).await;
+                }
+                self.attach().await;
             }
             Err(e) => {
                 eprintln!("hiber serve: session {}: snapshot failed: {e}", self.record.id);

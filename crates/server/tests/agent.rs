@@ -319,3 +319,42 @@ fn a_session_started_from_a_snapshot_carries_its_memory_on() {
     let missing = server.call("POST", "/v1/sessions", Some(r#"{"snapshot":"no-such"}"#));
     assert_eq!(missing.status, 400, "{}", missing.body);
 }
+
+/// The counter agent, holding an io_uring instance (which a snapshot cannot carry).
+const URING_AGENT: &str = r#"
+import ctypes, hiber
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.syscall(425, 8, ctypes.create_string_buffer(120)) >= 0, ctypes.get_errno()  # io_uring_setup
+count = 0
+while True:
+    message = hiber.next_message()
+    count += 1
+    hiber.append("assistant", {"count": count}, key="reply%d" % count)
+"#;
+
+#[test]
+fn a_sandbox_that_cannot_be_snapshotted_keeps_running_and_says_why() {
+    if !common::can_snapshot("a_sandbox_that_cannot_be_snapshotted_keeps_running_and_says_why") {
+        return;
+    }
+    let server = TestServer::start(true);
+    let body = json!({"image": "debian", "command": ["python3", "-c", URING_AGENT], "idle_timeout_s": 1});
+    let created = server.call("POST", "/v1/sessions", Some(&body.to_string()));
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_string();
+    assert_eq!(payloads(&server.turn(&id, json!("m1")), "assistant"), [json!({"count": 1})]);
+    let mut shown = Value::Null;
+    let blocked = common_wait(|| {
+        shown = server.session(&id);
+        shown["suspend_blocked"].is_string()
+    });
+    assert!(blocked, "the session never said why it cannot be suspended: {shown}");
+    let why = shown["suspend_blocked"].as_str().unwrap();
+    assert!(why.contains("holds an io_uring instance") && why.contains("keeps running"), "{why}");
+    assert_ne!(shown["state"], "suspended");
+    assert!(shown["snapshot"].is_null(), "no snapshot was stored");
+    assert!(!nothing_runs(&server), "the sandbox was stopped");
+    // Past another idle timeout, the agent answers from the memory it never lost.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(payloads(&server.turn(&id, json!("m2")), "assistant"), [json!({"count": 2})]);
+}

@@ -93,6 +93,10 @@ pub struct SessionRecord {
     pub wake_at: Option<u64>,
     /// Why the session failed, if it did.
     pub error: Option<String>,
+    /// Why its last suspend could not snapshot the sandbox (a process holds what a snapshot
+    /// cannot carry), while it keeps running; cleared by the next suspend that succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_blocked: Option<String>,
     /// Creation time, unix milliseconds.
     pub created: u64,
     /// Last change, unix milliseconds.
@@ -126,6 +130,7 @@ impl SessionRecord {
             cursor: 0,
             wake_at: None,
             error: None,
+            suspend_blocked: None,
             created: hiber_common::unix_ms(),
             updated: 0,
             confinement: Confinement::default(),
