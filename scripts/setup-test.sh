@@ -23,7 +23,7 @@ PG_ROOTFS=${HIBER_TEST_PG_ROOTFS:-/var/cache/hiber/test-postgres/rootfs}
 CHROMIUM_ROOTFS=${HIBER_TEST_CHROMIUM_ROOTFS:-/var/cache/hiber/test-chromium/rootfs}
 JUPYTER_ROOTFS=${HIBER_TEST_JUPYTER_ROOTFS:-/var/cache/hiber/test-jupyter/rootfs}
 NODE_ROOTFS=${HIBER_TEST_NODE_ROOTFS:-/var/cache/hiber/test-node/rootfs}
-PKGS=(shellcheck python3-venv)
+PKGS=(shellcheck python3-venv skopeo)
 PIP_PKGS=(pytest)
 
 NAME=setup-test
@@ -36,7 +36,7 @@ usage: scripts/setup-test.sh [--check | --help]
 
 Idempotent set-up for hiber's tests (Debian bookworm, run as root):
   - runs scripts/setup.sh;
-  - installs shellcheck and python3-venv with apt-get (never upgrading installed packages);
+  - installs shellcheck, python3-venv and skopeo with apt-get (never upgrading installed packages);
   - makes the tests' Python environment /var/cache/hiber/test-venv (pytest);
   - debootstraps Debian roots with PostgreSQL (/var/cache/hiber/test-postgres/rootfs) and
     with Chromium and ffmpeg (/var/cache/hiber/test-chromium/rootfs) and with an IPython kernel

@@ -301,9 +301,10 @@ pub enum ImageCommand {
         #[arg(value_parser = ["busybox", "debian"])]
         kind: String,
     },
-    /// Make an image from a root filesystem directory or a .tar / .tar.gz archive.
+    /// Make an image from an OCI image layout (directory or archive), a `docker save` archive, or a
+    /// root filesystem directory or .tar / .tar.gz archive.
     Import {
-        /// Directory or tarball.
+        /// Layout, archive, directory or tarball.
         path: PathBuf,
         /// Name of the new image.
         #[arg(long)]

@@ -23,6 +23,37 @@ pub struct Image {
     /// made again.
     #[serde(default)]
     pub shifted_ids: bool,
+    /// How a sandbox of the image runs unless told otherwise (from an OCI image's
+    /// configuration; empty for hiber's own images).
+    #[serde(default, skip_serializing_if = "ImageConfig::is_empty")]
+    pub config: ImageConfig,
+}
+
+/// The run defaults an image carries (an OCI configuration's `config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `NAME=value` entries added to the environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// The command's first words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// The command when none is given (or the entrypoint's arguments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// The working directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+}
+
+impl ImageConfig {
+    /// True when it sets nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ImageConfig::default()
+    }
 }
 
 /// An image name that does not match `[a-z0-9][a-z0-9._-]{0,63}`.
@@ -76,6 +107,7 @@ mod tests {
             size_bytes: 2_000_000,
             source: "busybox 1:1.35.0-4".into(),
             shifted_ids: true,
+            config: ImageConfig::default(),
         };
         let json = serde_json::to_string(&image).unwrap();
         assert_eq!(serde_json::from_str::<Image>(&json).unwrap(), image);

@@ -72,10 +72,10 @@ pub(crate) fn import(src: &Path, dst: &Path, progress: &mut dyn FnMut(&str)) -> 
         let gzip = reader.fill_buf().map_err(|e| archive_err(src, &e))?.starts_with(&[0x1f, 0x8b]);
         if gzip {
             progress(&format!("extracting {} (gzip)", src.display()));
-            extract(src, MultiGzDecoder::new(reader), dst)?;
+            extract(src, MultiGzDecoder::new(reader), dst, Entries::Plain)?;
         } else {
             progress(&format!("extracting {}", src.display()));
-            extract(src, reader, dst)?;
+            extract(src, reader, dst, Entries::Plain)?;
         }
     } else {
         return Err(ImportError::Unsupported(src.to_path_buf()));
@@ -132,11 +132,28 @@ impl<R: Read> Read for EofWatch<'_, R> {
     }
 }
 
-fn extract(src: &Path, reader: impl Read, dst: &Path) -> Result<(), ImportError> {
+/// How an archive's entries become files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Entries {
+    /// Every entry is a file of the root filesystem.
+    Plain,
+    /// An image layer: `.wh.NAME` deletes `NAME` of the layers below (it becomes an overlayfs
+    /// whiteout, a 0/0 character device) and `.wh..wh..opq` hides everything below its
+    /// directory (which becomes opaque).
+    Layer,
+}
+
+/// Prefix of a whiteout entry's name.
+const WHITEOUT: &str = ".wh.";
+/// Name of the entry that makes its directory opaque.
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Fills `dst` from the tar stream `reader` (`src` names it in errors).
+pub(crate) fn extract(src: &Path, reader: impl Read, dst: &Path, entries: Entries) -> Result<(), ImportError> {
     let bytes = Cell::new(0);
     let ended = Cell::new(false);
     let watch = EofWatch { inner: reader, bytes: &bytes, ended: &ended };
-    let result = extract_entries(src, watch, dst);
+    let result = extract_entries(src, watch, dst, entries);
     match (ended.get(), bytes.get()) {
         (true, 0) => Err(ImportError::Empty(src.to_path_buf())),
         (true, _) => Err(ImportError::Truncated(src.to_path_buf())),
@@ -144,7 +161,7 @@ fn extract(src: &Path, reader: impl Read, dst: &Path) -> Result<(), ImportError>
     }
 }
 
-fn extract_entries(src: &Path, reader: impl Read, dst: &Path) -> Result<(), ImportError> {
+fn extract_entries(src: &Path, reader: impl Read, dst: &Path, kind: Entries) -> Result<(), ImportError> {
     let mut archive = Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -164,11 +181,22 @@ fn extract_entries(src: &Path, reader: impl Read, dst: &Path) -> Result<(), Impo
     // Directories are applied last, deepest first, so their modes and times stick (as
     // `Archive::unpack` does).
     let mut dirs = Vec::new();
+    let mut opaque = Vec::new();
     for (seen, entry) in archive.entries().map_err(|e| not_tar(&e, 0))?.enumerate() {
         let mut entry = entry.map_err(|e| not_tar(&e, seen))?;
         let path = entry.path().map_err(|e| archive_err(src, &e))?.into_owned();
         if path.components().any(|c| c == Component::ParentDir) {
             return Err(ImportError::Escapes { path: src.to_path_buf(), entry: path.display().to_string() });
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if kind == Entries::Layer && name.starts_with(WHITEOUT) {
+            let parent = path.parent().unwrap_or(Path::new(""));
+            if name == OPAQUE {
+                opaque.push(parent.to_path_buf());
+            } else {
+                whiteout(src, &parent.join(&name[WHITEOUT.len()..]), dst)?;
+            }
+            continue;
         }
         match entry.header().entry_type() {
             EntryType::Directory => dirs.push(entry),
@@ -179,6 +207,25 @@ fn extract_entries(src: &Path, reader: impl Read, dst: &Path) -> Result<(), Impo
     dirs.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
     for mut dir in dirs {
         unpack(src, &mut dir, dst)?;
+    }
+    for dir in opaque {
+        let dir = inside(src, dst, &dir.join("."))?;
+        crate::xattr::set(&dir, c"trusted.overlay.opaque", b"y").map_err(|e| archive_err(src, &e))?;
+    }
+    Ok(())
+}
+
+/// Records that the layers below have no `rel`: an overlayfs whiteout there, unless this layer
+/// has the name itself (a whiteout hides only what is below it).
+fn whiteout(src: &Path, rel: &Path, dst: &Path) -> Result<(), ImportError> {
+    let target = inside(src, dst, rel)?;
+    if fs::symlink_metadata(&target).is_ok() {
+        return Ok(());
+    }
+    let path = CString::new(target.as_os_str().as_bytes()).map_err(|e| archive_err(src, &io::Error::from(e)))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    if unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR, 0) } != 0 {
+        return Err(archive_err(src, &io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -194,8 +241,9 @@ fn unpack<R: Read>(src: &Path, entry: &mut Entry<'_, R>, dst: &Path) -> Result<(
     }
 }
 
-/// Creates a device node or FIFO entry (the `tar` crate would write an empty regular file).
-fn make_node<R: Read>(src: &Path, entry: &Entry<'_, R>, rel: &Path, dst: &Path) -> Result<(), ImportError> {
+/// Where entry `rel` goes below `dst`: its parent directories are walked down (missing ones
+/// made), and any step that resolves, through a symlink, outside the root is refused.
+fn inside(src: &Path, dst: &Path, rel: &Path) -> Result<PathBuf, ImportError> {
     let err = |e: io::Error| archive_err(src, &e);
     let escapes = || ImportError::Escapes { path: src.to_path_buf(), entry: rel.display().to_string() };
     let parts: Vec<_> = rel
@@ -206,7 +254,7 @@ fn make_node<R: Read>(src: &Path, entry: &Entry<'_, R>, rel: &Path, dst: &Path) 
         })
         .collect();
     let Some((name, parents)) = parts.split_last() else {
-        return Ok(());
+        return Ok(dst.to_path_buf());
     };
     // Walk down to the parent, creating missing directories and refusing any step that
     // resolves (through a symlink) outside the root.
@@ -232,7 +280,16 @@ fn make_node<R: Read>(src: &Path, entry: &Entry<'_, R>, rel: &Path, dst: &Path) 
             Err(e) => return Err(err(e)),
         }
     }
-    let target = dir.join(name);
+    Ok(dir.join(name))
+}
+
+/// Creates a device node or FIFO entry (the `tar` crate would write an empty regular file).
+fn make_node<R: Read>(src: &Path, entry: &Entry<'_, R>, rel: &Path, dst: &Path) -> Result<(), ImportError> {
+    let err = |e: io::Error| archive_err(src, &e);
+    let target = inside(src, dst, rel)?;
+    if target == dst {
+        return Ok(());
+    }
     if fs::symlink_metadata(&target).is_ok() {
         fs::remove_file(&target).map_err(err)?;
     }

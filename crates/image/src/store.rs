@@ -10,9 +10,10 @@ use crate::busybox::{self, BusyboxError};
 use crate::copy::{copy_tree, CopyError};
 use crate::debian::{self, DebianError};
 use crate::ids::{self, ShiftError};
-use crate::image::{validate_name, Image, NameError};
+use crate::image::{validate_name, Image, ImageConfig, NameError};
 use crate::import::{self, ImportError};
 use crate::layer::{LayerError, LayerId, LayerStore, Staging};
+use crate::oci::{self, OciError};
 
 /// Errors from the image store.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,9 @@ pub enum StoreError {
     /// Importing failed.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// Importing an OCI or Docker image failed.
+    #[error(transparent)]
+    Oci(#[from] OciError),
     /// Copying a tree into a layer failed.
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -142,7 +146,7 @@ impl ImageStore {
         let source = busybox::populate(staging.path(), Path::new(busybox::HOST_BUSYBOX))?;
         progress(&source);
         let layer = finish(staging)?;
-        self.install("busybox", layer, source)
+        self.install_one("busybox", layer, source)
     }
 
     /// Builds the `debian` image (bookworm, minbase, with python3, git, curl, ca-certificates,
@@ -161,18 +165,65 @@ impl ImageStore {
         progress(&format!("{} {} into a new layer", if hardlink { "linking" } else { "copying" }, rootfs.display()));
         copy_tree(&rootfs, staging.path(), hardlink)?;
         let layer = finish(staging)?;
-        self.install("debian", layer, debian::source())
+        self.install_one("debian", layer, debian::source())
     }
 
-    /// Imports a directory or a tarball (`.tar`, `.tar.gz`, `.tgz`) as the image `name`.
-    /// On failure nothing is left behind.
+    /// Imports an OCI image layout (a directory or a tar archive), a `docker save` archive, or
+    /// a root filesystem as a directory or a tarball (`.tar`, `.tar.gz`, `.tgz`) as the image
+    /// `name`. On failure nothing is left behind.
     pub fn import(&self, path: &Path, name: &str, progress: &mut dyn FnMut(&str)) -> Result<Image, StoreError> {
         validate_name(name)?;
+        if let Some(source) = oci::Source::open(path).ok().filter(oci::is_image) {
+            return self.import_image(&source, name, progress);
+        }
         let staging = self.layers.staging()?;
         import::import(path, staging.path(), progress)?;
         let layer = finish(staging)?;
         let shown = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-        self.install(name, layer, format!("import {}", shown.display()))
+        self.install_one(name, layer, format!("import {}", shown.display()))
+    }
+
+    /// Imports the image of an OCI layout or `docker save` archive: each layer is stored once,
+    /// named by its uncompressed digest, and shared with every image that has it.
+    fn import_image(
+        &self,
+        source: &oci::Source,
+        name: &str,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Image, StoreError> {
+        let image = oci::resolve(source)?;
+        let mut layers = Vec::new();
+        let mut made = Vec::new();
+        let stored = (|| {
+            for (n, blob) in image.layers.iter().enumerate() {
+                let id = LayerId::parse(&blob.diff_id[..16])?;
+                let step = format!("layer {}/{} sha256:{}", n + 1, image.layers.len(), &blob.diff_id[..12]);
+                if self.layers.path(&id).is_dir() {
+                    progress(&format!("{step}: already stored"));
+                } else {
+                    progress(&format!("{step}: extracting"));
+                    let staging = self.layers.staging()?;
+                    oci::extract_layer(source, blob, staging.path())?;
+                    ids::shift_tree(staging.path())?;
+                    match staging.commit_as(&id) {
+                        Ok(()) => made.push(id.clone()),
+                        Err(LayerError::Exists(_)) => {} // another import stored it meanwhile
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                layers.push(id);
+            }
+            Ok::<_, StoreError>(())
+        })();
+        let shown = source.path().canonicalize().unwrap_or_else(|_| source.path().to_path_buf());
+        let installed =
+            stored.and_then(|()| self.install(name, layers, image.config, format!("import {}", shown.display())));
+        if installed.is_err() {
+            for id in made {
+                let _ = self.layers.remove(&id);
+            }
+        }
+        installed
     }
 
     fn manifest(&self, name: &str) -> PathBuf {
@@ -198,30 +249,44 @@ impl ImageStore {
     /// Writes the manifest for a freshly made single-layer image, replacing any image of that
     /// name (its old layers are left to the layer collector). If the manifest cannot be
     /// written, the new layer is removed and any old image stays as it was.
-    fn install(&self, name: &str, layer: LayerId, source: String) -> Result<Image, StoreError> {
-        let written = (|| {
+    fn install_one(&self, name: &str, layer: LayerId, source: String) -> Result<Image, StoreError> {
+        let installed = self.install(name, vec![layer.clone()], ImageConfig::default(), source);
+        if installed.is_err() {
+            let _ = self.layers.remove(&layer);
+        }
+        installed
+    }
+
+    /// Writes the manifest of image `name` over `layers` (bottom-most first), replacing any
+    /// image of that name; any old image stays as it was if it cannot be written.
+    fn install(
+        &self,
+        name: &str,
+        layers: Vec<LayerId>,
+        config: ImageConfig,
+        source: String,
+    ) -> Result<Image, StoreError> {
+        (|| {
+            let mut size_bytes = 0;
+            for layer in &layers {
+                size_bytes += self.layers.size_on_disk(layer)?;
+            }
             let image = Image {
                 name: name.to_string(),
-                size_bytes: self.layers.size_on_disk(&layer)?,
-                layers: vec![layer.clone()],
+                size_bytes,
+                layers,
                 created: hiber_common::unix_secs(),
                 source,
                 shifted_ids: true,
+                config,
             };
             let mut json = serde_json::to_vec_pretty(&image).expect("an image serializes");
             json.push(b'\n');
             let path = self.manifest(name);
             hiber_common::fs::write_atomic(&path, &json)
                 .map_err(|source| StoreError::Io { what: format!("cannot write {}", path.display()), source })?;
-            Ok::<_, StoreError>(image)
-        })();
-        match written {
-            Ok(image) => Ok(image),
-            Err(e) => {
-                let _ = self.layers.remove(&layer);
-                Err(e)
-            }
-        }
+            Ok(image)
+        })()
     }
 }
 
@@ -325,6 +390,57 @@ mod tests {
     }
 
     #[test]
+    fn oci_and_docker_images_share_their_layers_by_digest_and_keep_their_run_defaults() {
+        if !crate::oci::tests::skopeo() || !nix::unistd::Uid::effective().is_root() {
+            return;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(home.path()).unwrap();
+        let input = tempfile::tempdir().unwrap();
+        let layout = input.path().join("layout");
+        crate::oci::tests::write_layout(&layout, "amd64", false);
+        let oci = store.import(&layout, "from-oci", &mut |_| {}).unwrap();
+        assert_eq!(oci.layers.len(), 2);
+        assert_eq!(oci.config.cmd, ["echo $GREETING"]);
+        assert_eq!(store.get("from-oci").unwrap().config, oci.config, "the defaults are saved");
+        let top = store.layers().path(&oci.layers[1]);
+        assert!(top.join("etc/b").exists() && !top.join("etc/.wh.b").exists(), "a whiteout, not a file");
+        assert_clean(home.path(), 2, 1);
+
+        let docker = input.path().join("docker.tar");
+        let copied = Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "--quiet"])
+            .arg(format!("oci:{}", layout.display()))
+            .arg(format!("docker-archive:{}", docker.display()))
+            .status()
+            .unwrap();
+        assert!(copied.success());
+        let saved = store.import(&docker, "from-docker", &mut |_| {}).unwrap();
+        assert_eq!(saved.layers, oci.layers, "the same layers, stored once");
+        assert_eq!(saved.config, oci.config);
+        assert_clean(home.path(), 2, 2);
+
+        // A damaged layer (in a home of its own: here its diff is already stored, so it would
+        // not be read): one clear error, and nothing stored, not even the sound base layer.
+        let home = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(home.path()).unwrap();
+        let damaged = input.path().join("damaged");
+        crate::oci::tests::write_layout(&damaged, "amd64", true);
+        let blobs = damaged.join("blobs/sha256");
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(damaged.join("index.json")).unwrap()).unwrap();
+        let manifest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let manifest: serde_json::Value = serde_json::from_slice(&fs::read(blobs.join(manifest)).unwrap()).unwrap();
+        let zstd_layer = manifest["layers"][1]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let mut bytes = fs::read(blobs.join(&zstd_layer)).unwrap();
+        bytes[10] ^= 0xff;
+        fs::write(blobs.join(&zstd_layer), bytes).unwrap();
+        let err = store.import(&damaged, "damaged", &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("has digest") && !err.contains('\n'), "{err}");
+        assert!(store.get("damaged").is_err());
+        assert_clean(home.path(), 0, 0);
+    }
+
+    #[test]
     fn imports_directories_and_tarballs() {
         let home = tempfile::tempdir().unwrap();
         let store = ImageStore::open(home.path()).unwrap();
@@ -419,6 +535,7 @@ mod tests {
             size_bytes: 0,
             source: "test".into(),
             shifted_ids: true,
+            config: ImageConfig::default(),
         };
         let json = serde_json::to_vec(&ghost).unwrap();
         hiber_common::fs::write_atomic(&home.path().join("images/ghost.json"), &json).unwrap();
@@ -443,6 +560,7 @@ mod tests {
             size_bytes: 0,
             source: "test".into(),
             shifted_ids: true,
+            config: ImageConfig::default(),
         };
         let layers = home.path().join("layers");
         assert_eq!(store.lower_dirs(&image), [layers.join(top.as_str()), layers.join(bottom.as_str())]);
