@@ -155,6 +155,10 @@ pub struct ProcessArgs {
     /// Working directory inside the sandbox.
     #[arg(short, long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run as this user: `user`, `uid`, `user:group` or `uid:gid` (default: the image's user,
+    /// or root).
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 /// `hiber run`.
@@ -190,7 +194,7 @@ pub struct RunArgs {
     pub process: ProcessArgs,
     /// Image to start from (see `hiber images`).
     pub image: String,
-    /// Command and arguments (default: /bin/sh).
+    /// Command and arguments (default: the image's command, or /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
 }

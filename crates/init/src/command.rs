@@ -6,6 +6,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use hiber_proto::{ProcessSpec, DEFAULT_PATH};
+
+use crate::user::{self, Identity};
 use nix::unistd::{access, AccessFlags};
 
 /// Why a [`ProcessSpec`] cannot be run.
@@ -20,6 +22,9 @@ pub enum CommandError {
     /// A string holds a NUL byte, which `execve` cannot carry.
     #[error("{0} contains a NUL byte")]
     Nul(&'static str),
+    /// The user or group to run as is not in the sandbox.
+    #[error("unknown user {0}")]
+    UnknownUser(String),
 }
 
 /// A process ready to be started: every string already in C form, so the
@@ -36,13 +41,17 @@ pub struct Command {
     pub env: Vec<CString>,
     /// Working directory.
     pub cwd: CString,
+    /// The ids to take before the exec; `None` to stay root.
+    pub identity: Option<Identity>,
 }
 
 impl Command {
     /// Prepares `spec` to run in a sandbox called `hostname`.
     pub fn new(spec: &ProcessSpec, hostname: &str) -> Result<Command, CommandError> {
         let name = spec.argv.first().ok_or(CommandError::EmptyArgv)?.clone();
-        let env = build_env(hostname, spec.tty, &spec.env)?;
+        let identity = user::lookup(&spec.user)?;
+        let home = identity.as_ref().and_then(|i| i.home.as_deref()).unwrap_or("/root");
+        let env = build_env(hostname, spec.tty, home, &spec.env)?;
         let cwd = if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() };
         let path = env.iter().find_map(|(k, v)| (k == "PATH").then_some(v.as_str()));
         let program = find_program(&name, path.unwrap_or(""), Path::new(cwd));
@@ -54,6 +63,7 @@ impl Command {
             argv: c_strings(spec.argv.iter().map(String::as_str), "argv")?,
             env: c_strings(env.iter().map(|(k, v)| format!("{k}={v}")), "env")?,
             cwd: CString::new(cwd).map_err(|_| CommandError::Nul("cwd"))?,
+            identity,
             name,
         })
     }
@@ -66,13 +76,18 @@ fn c_strings<S: Into<Vec<u8>>>(
     items.map(|s| CString::new(s).map_err(|_| CommandError::Nul(what))).collect()
 }
 
-/// The environment of a new process: `PATH`, `HOME`, `HOSTNAME` and (for a
+/// The environment of a new process: `PATH`, `HOME` (`home`), `HOSTNAME` and (for a
 /// terminal) `TERM`, then each `KEY=VALUE` of `extra`, which replaces a
 /// variable of the same name or is appended. Order is kept.
-pub fn build_env(hostname: &str, tty: bool, extra: &[String]) -> Result<Vec<(String, String)>, CommandError> {
+pub fn build_env(
+    hostname: &str,
+    tty: bool,
+    home: &str,
+    extra: &[String],
+) -> Result<Vec<(String, String)>, CommandError> {
     let mut env = vec![
         ("PATH".to_string(), DEFAULT_PATH.to_string()),
-        ("HOME".to_string(), "/root".to_string()),
+        ("HOME".to_string(), home.to_string()),
         ("HOSTNAME".to_string(), hostname.to_string()),
     ];
     if tty {
@@ -127,7 +142,7 @@ mod tests {
 
     #[test]
     fn defaults_then_overrides_in_order() {
-        let env = build_env("box", false, &["HOME=/home/a".into(), "X=1=2".into()]).unwrap();
+        let env = build_env("box", false, "/root", &["HOME=/home/a".into(), "X=1=2".into()]).unwrap();
         assert_eq!(
             env,
             vec![
@@ -137,15 +152,15 @@ mod tests {
                 ("X".into(), "1=2".into()),
             ]
         );
-        let tty = build_env("box", true, &["TERM=vt100".into(), "E=".into()]).unwrap();
+        let tty = build_env("box", true, "/root", &["TERM=vt100".into(), "E=".into()]).unwrap();
         assert!(tty.contains(&("TERM".into(), "vt100".into())));
         assert!(tty.contains(&("E".into(), String::new())));
     }
 
     #[test]
     fn bad_env_entries_are_rejected() {
-        assert!(matches!(build_env("h", false, &["NOEQUALS".into()]), Err(CommandError::BadEnv(_))));
-        assert!(matches!(build_env("h", false, &["=v".into()]), Err(CommandError::BadEnv(_))));
+        assert!(matches!(build_env("h", false, "/root", &["NOEQUALS".into()]), Err(CommandError::BadEnv(_))));
+        assert!(matches!(build_env("h", false, "/root", &["=v".into()]), Err(CommandError::BadEnv(_))));
     }
 
     #[test]

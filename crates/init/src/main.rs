@@ -20,6 +20,7 @@ mod server;
 mod shutdown;
 mod spawn;
 mod table;
+mod user;
 mod wire;
 
 use std::cell::RefCell;

@@ -215,6 +215,7 @@ mod tests {
                 env: vec!["BROKEN".into()],
                 cwd: String::new(),
                 tty: false,
+                user: String::new(),
             },
             stdin: false,
             size: None,

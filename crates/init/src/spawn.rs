@@ -51,6 +51,8 @@ pub struct Stdio<'a> {
 pub enum Stage {
     /// Its session, stdio or controlling terminal.
     Setup,
+    /// Taking its user's ids.
+    User,
     /// Changing to its working directory.
     Chdir,
     /// Executing the program.
@@ -75,6 +77,7 @@ impl Failure {
             Stage::Setup => 1,
             Stage::Chdir => 2,
             Stage::Exec => 3,
+            Stage::User => 4,
         };
         let e = (self.errno as i32).to_le_bytes();
         [stage, e[0], e[1], e[2], e[3]]
@@ -88,6 +91,7 @@ impl Failure {
             1 => Stage::Setup,
             2 => Stage::Chdir,
             3 => Stage::Exec,
+            4 => Stage::User,
             _ => return malformed,
         };
         Failure { stage, errno: Errno::from_raw(i32::from_le_bytes([e0, e1, e2, e3])) }
@@ -107,6 +111,7 @@ impl Failure {
         let why = self.errno.desc();
         let reason = match self.stage {
             Stage::Setup => format!("cannot set up its session or stdio: {why}"),
+            Stage::User => format!("cannot take its user's ids: {why}"),
             Stage::Chdir => format!("cannot change to directory '{cwd}': {why}"),
             Stage::Exec => why.to_string(),
         };
@@ -198,6 +203,7 @@ pub fn spawn(cmd: &Command, stdio: Stdio<'_>, report: OwnedFd) -> Result<Pid, Sp
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         cwd: cmd.cwd.as_ptr(),
+        identity: cmd.identity.as_ref().map(|i| (i.uid, i.gid, i.groups.as_slice())),
         fds,
         tty: stdio.tty,
         report: report.as_raw_fd(),
@@ -229,17 +235,19 @@ fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
 const OOM_SCORE_ADJ: &[u8] = b"100";
 
 /// Raw pointers and fds the forked child works from.
-struct ChildSetup {
+struct ChildSetup<'a> {
     program: Option<*const c_char>,
     argv: *const *const c_char,
     envp: *const *const c_char,
     cwd: *const c_char,
+    /// uid, gid and supplementary groups to take, if not root's.
+    identity: Option<(u32, u32, &'a [u32])>,
     fds: [RawFd; 3],
     tty: bool,
     report: RawFd,
 }
 
-impl ChildSetup {
+impl ChildSetup<'_> {
     /// Runs in the forked child: sets it up and execs, or reports why not
     /// and exits.
     ///
@@ -286,6 +294,13 @@ impl ChildSetup {
             }
             if self.tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 self.fail(Stage::Setup);
+            }
+            // Groups first: after setuid the process may no longer change them.
+            if let Some((uid, gid, groups)) = self.identity {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0
+                {
+                    self.fail(Stage::User);
+                }
             }
             if libc::chdir(self.cwd) < 0 {
                 self.fail(Stage::Chdir);

@@ -17,6 +17,10 @@ pub struct ProcessSpec {
     /// Give the process a pseudo-terminal (stdin, stdout and stderr on it).
     #[serde(default)]
     pub tty: bool,
+    /// Who it runs as: `user`, `uid`, `user:group` or `uid:gid`, names looked up in the
+    /// sandbox's `/etc/passwd` and `/etc/group`; root when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
 }
 
 impl ProcessSpec {
@@ -27,6 +31,7 @@ impl ProcessSpec {
             env: Vec::new(),
             cwd: String::new(),
             tty: false,
+            user: String::new(),
         }
     }
 }
@@ -159,6 +164,7 @@ mod tests {
                 env: vec!["A=B".into()],
                 cwd: "/tmp".into(),
                 tty: true,
+                user: "1000:1000".into(),
             },
             stdin: true,
             size: Some(TtySize { rows: 24, cols: 80 }),

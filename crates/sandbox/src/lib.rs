@@ -24,4 +24,6 @@ pub use snapshot::{
     BackendState, FileSum, Leftover, LocalSnapshots, Manifest, ManifestError, Pending, SnapshotStore, StoreError,
     FORMAT_VERSION,
 };
-pub use spec::{validate_name, Capabilities, Confinement, Limits, SandboxSpec, Seccomp, SpecError};
+pub use spec::{
+    validate_name, with_image_defaults, Capabilities, Confinement, Limits, SandboxSpec, Seccomp, SpecError,
+};

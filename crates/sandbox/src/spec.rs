@@ -268,6 +268,26 @@ impl Seccomp {
     }
 }
 
+/// `process` as a sandbox of an image with run defaults `config` runs it (Docker's rules): the
+/// image's entrypoint before its words, or, when it has none, the image's command (`/bin/sh`
+/// when that is empty too); the image's environment under its own; the image's working
+/// directory and user unless it names its own.
+pub fn with_image_defaults(process: ProcessSpec, config: &hiber_image::ImageConfig) -> ProcessSpec {
+    let words = if process.argv.is_empty() { config.cmd.clone() } else { process.argv };
+    let mut argv: Vec<String> = config.entrypoint.iter().cloned().chain(words).collect();
+    if argv.is_empty() {
+        argv.push("/bin/sh".into());
+    }
+    let or = |given: String, image: &str| if given.is_empty() { image.to_string() } else { given };
+    ProcessSpec {
+        argv,
+        env: config.env.iter().cloned().chain(process.env).collect(),
+        cwd: or(process.cwd, &config.working_dir),
+        user: or(process.user, &config.user),
+        tty: process.tty,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,5 +351,31 @@ mod tests {
         for bad in ["", "-a", "A", "a b", "a/b", &"x".repeat(64), "0123456789ab"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn image_defaults_fill_what_the_process_leaves_out() {
+        let config = hiber_image::ImageConfig {
+            env: vec!["A=image".into(), "B=image".into()],
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: vec!["echo default".into()],
+            working_dir: "/srv".into(),
+            user: "app".into(),
+        };
+        let bare = with_image_defaults(ProcessSpec::command(Vec::<String>::new()), &config);
+        assert_eq!(bare.argv, ["/bin/sh", "-c", "echo default"]);
+        assert_eq!((bare.cwd.as_str(), bare.user.as_str()), ("/srv", "app"));
+        let given = ProcessSpec {
+            env: vec!["B=mine".into()],
+            cwd: "/tmp".into(),
+            user: "root".into(),
+            ..ProcessSpec::command(["echo mine"])
+        };
+        let mine = with_image_defaults(given, &config);
+        assert_eq!(mine.argv, ["/bin/sh", "-c", "echo mine"], "the entrypoint stays, the command is replaced");
+        assert_eq!(mine.env, ["A=image", "B=image", "B=mine"], "the process's own entries come last and win");
+        assert_eq!((mine.cwd.as_str(), mine.user.as_str()), ("/tmp", "root"));
+        let plain = with_image_defaults(ProcessSpec::command(Vec::<String>::new()), &Default::default());
+        assert_eq!(plain.argv, ["/bin/sh"]);
     }
 }

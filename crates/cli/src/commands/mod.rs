@@ -61,7 +61,7 @@ fn process_spec(args: &ProcessArgs, argv: Vec<String>) -> Result<ProcessSpec> {
     if !cwd.is_empty() && !cwd.starts_with('/') {
         bail!("invalid working directory '{cwd}': it must be an absolute path");
     }
-    Ok(ProcessSpec { argv, env: args.env.clone(), cwd, tty: args.tty })
+    Ok(ProcessSpec { argv, env: args.env.clone(), cwd, tty: args.tty, user: args.user.clone().unwrap_or_default() })
 }
 
 /// A fresh exec id.

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use anyhow::{bail, Result};
-use hiber_sandbox::{Confinement, Limits, SandboxSpec};
+use hiber_image::ImageStore;
+use hiber_sandbox::{with_image_defaults, Confinement, Limits, SandboxSpec};
 
 use super::{backend, exec_id, process_spec};
 use crate::attach;
@@ -15,14 +16,16 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
         cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
         pids: args.pids.as_deref().map(Limits::parse_pids).transpose()?,
     };
-    let argv = if args.command.is_empty() { vec!["/bin/sh".to_string()] } else { args.command };
-    let process = process_spec(&args.process, argv)?;
+    let process = process_spec(&args.process, args.command)?;
     if args.detach && (args.process.interactive || args.process.tty) {
         bail!("-d cannot be combined with -i or -t: use `hiber exec -it` to get a shell in a detached sandbox");
     }
     let backend = backend(home)?;
     let confinement = Confinement::from_options(&args.security_opt, &args.cap_add, &args.cap_drop)?;
+    // A detached command is the sandbox's main process, which the backend gives the image's
+    // defaults; an attached one is exec'd into it, with them given here.
     let main = args.detach.then(|| process.clone());
+    let image = args.image.clone();
     let spec = SandboxSpec { name: args.name, image: args.image, limits, main, confinement };
     let id = backend.create(spec)?.id;
     if args.detach {
@@ -30,6 +33,13 @@ pub fn run(home: &Path, args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     // Attached: like `docker run --rm`.
+    let process = match ImageStore::open(home)?.get(&image) {
+        Ok(image) => with_image_defaults(process, &image.config),
+        Err(e) => {
+            let _ = backend.remove(&id, true);
+            return Err(e.into());
+        }
+    };
     let result = attach::exec(backend.clone(), &id, &exec_id(), process, args.process.interactive);
     let removed = backend.remove(&id, true);
     let code = result?;

@@ -308,7 +308,8 @@ impl Backend for ContainerBackend {
         }
         let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
         lowers.extend(images.lower_dirs(&image));
-        let record = SandboxRecord::new(spec.name, image.name.clone(), lowers, None, spec.limits, spec.main);
+        let main = spec.main.map(|process| crate::spec::with_image_defaults(process, &image.config));
+        let record = SandboxRecord::new(spec.name, image.name.clone(), lowers, None, spec.limits, main);
         self.launch_sandbox(record, Start::Fresh { confinement: spec.confinement })
     }
 
