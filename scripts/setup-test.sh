@@ -38,6 +38,8 @@ Idempotent set-up for hiber's tests (Debian bookworm, run as root):
   - runs scripts/setup.sh;
   - installs shellcheck, python3-venv and skopeo with apt-get (never upgrading installed packages);
   - makes the tests' Python environment /var/cache/hiber/test-venv (pytest);
+  - unpacks Debian's docker-registry (the CNCF distribution server) into
+    /var/cache/hiber/test-registry, without installing it as a service;
   - debootstraps Debian roots with PostgreSQL (/var/cache/hiber/test-postgres/rootfs) and
     with Chromium and ffmpeg (/var/cache/hiber/test-chromium/rootfs) and with an IPython kernel
     (/var/cache/hiber/test-jupyter/rootfs), and with Node and a vite project
@@ -71,6 +73,26 @@ TEST_ROOTS=(
 	"$NODE_ROOTFS" srv/app/node_modules/vite/package.json "nodejs npm python3"
 	"mkdir -p /srv/app && cd /srv/app && npm init -y >/dev/null && npm install --no-audit --no-fund vite@5 && rm -rf /root/.npm"
 )
+
+# The CNCF distribution registry from Debian's docker-registry package, unpacked rather than
+# installed (the package would start a registry service on the host); tests start their own.
+REGISTRY_DIR=${HIBER_TEST_REGISTRY_DIR:-/var/cache/hiber/test-registry}
+registry_ok() { [[ -x $REGISTRY_DIR/usr/bin/docker-registry ]]; }
+
+ensure_registry() {
+	if registry_ok; then
+		STEP_NOTE="present at $REGISTRY_DIR"
+		return 0
+	fi
+	local tmp=$REGISTRY_DIR.tmp out
+	rm -rf "$tmp"
+	mkdir -p "$tmp/deb"
+	out=$(cd "$tmp/deb" && apt-get download -q docker-registry 2>&1) || die "apt-get download docker-registry failed: $out"
+	dpkg-deb -x "$tmp"/deb/docker-registry_*.deb "$tmp" || die "cannot unpack docker-registry"
+	rm -rf "$tmp/deb" "$REGISTRY_DIR"
+	mv "$tmp" "$REGISTRY_DIR"
+	STEP_NOTE="unpacked docker-registry into $REGISTRY_DIR"
+}
 
 test_root_ok() { [[ -e $1/$2 ]]; }
 
@@ -123,6 +145,10 @@ check_only() {
 		log "missing: the tests' Python environment $VENV"
 		n=$((n + 1))
 	}
+	registry_ok || {
+		log "missing: the tests' registry $REGISTRY_DIR"
+		n=$((n + 1))
+	}
 	local i
 	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 4)); do
 		test_root_ok "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" || {
@@ -142,6 +168,7 @@ set_up() {
 	"$HERE/setup.sh" || die "scripts/setup.sh failed"
 	step "packages" apt_install "${PKGS[@]}"
 	step "tests' Python environment" ensure_venv
+	step "tests' registry" ensure_registry
 	local i
 	for ((i = 0; i < ${#TEST_ROOTS[@]}; i += 4)); do
 		step "tests' root ${TEST_ROOTS[i]}" ensure_test_root "${TEST_ROOTS[i]}" "${TEST_ROOTS[i + 1]}" "${TEST_ROOTS[i + 2]}" \

@@ -43,6 +43,9 @@ pub enum Command {
     /// Build, import or remove images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Pull an image from an OCI distribution registry (credentials, if it asks for them, from
+    /// HIBER_REGISTRY_USER and HIBER_REGISTRY_PASSWORD).
+    Pull(PullArgs),
     /// Check that this machine can run sandboxes (root, cgroups, overlayfs, CRIU).
     Check(JsonFlag),
     /// Measure hiber's speed.
@@ -52,6 +55,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Agent sessions on a running `hiber serve`.
     Session(SessionArgs),
+}
+
+/// `hiber pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Name of the image (default: the repository's last part).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// `HOST[:PORT]/REPOSITORY[:TAG|@sha256:DIGEST]`.
+    pub reference: String,
 }
 
 /// `hiber serve`.

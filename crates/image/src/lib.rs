@@ -36,5 +36,5 @@ pub use image::{validate_name, Image, ImageConfig, NameError};
 pub use import::ImportError;
 pub use layer::{LayerError, LayerId, LayerStore, Staging};
 pub use mirror::MirrorError;
-pub use oci::OciError;
+pub use oci::{spec as oci_spec, OciError};
 pub use store::{ImageStore, StoreError};

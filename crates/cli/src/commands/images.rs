@@ -56,7 +56,7 @@ pub fn image(home: &Path, command: ImageCommand) -> Result<i32> {
 
 /// Removes layers nothing uses any more (a replaced or removed image's),
 /// when this user may run sandboxes at all.
-fn collect_layers(home: &Path) -> Result<()> {
+pub(super) fn collect_layers(home: &Path) -> Result<()> {
     if let Ok(backend) = super::backend(home) {
         backend.collect_garbage()?;
     }

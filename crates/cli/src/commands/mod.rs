@@ -7,6 +7,7 @@ mod images;
 mod lifecycle;
 mod logs;
 mod ps;
+mod pull;
 mod run;
 mod serve;
 mod session;
@@ -37,6 +38,7 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Fork(args) => snapshot::fork(home, args),
         Command::Images(args) => images::list(home, args.json),
         Command::Image(command) => images::image(home, command),
+        Command::Pull(args) => pull::pull(home, args),
         Command::Check(args) => check::check(home, args.json),
         Command::Bench(command) => bench::bench(home, command),
         Command::Serve(args) => serve::serve(home, args),

@@ -36,6 +36,45 @@ pub fn test_root(var: &str, name: &str, marker: &str) -> Option<PathBuf> {
     None
 }
 
+/// Makes an OCI image layout in argv[2] from the root filesystem tarball argv[1]: that tar
+/// (gzipped) as the base layer, then a layer that adds a user `app` (1000) and /srv/app and
+/// deletes /etc/hosts (a whiteout), and run defaults: GREETING=hi, `sh -c` as the entrypoint,
+/// argv[3] as the command, /srv/app as the working directory, user app.
+const MAKE_LAYOUT: &str = r#"
+import gzip, hashlib, io, json, os, sys, tarfile
+base_tar, out = open(sys.argv[1], "rb").read(), sys.argv[2]
+os.makedirs(f"{out}/blobs/sha256")
+def blob(data, media):
+    digest = hashlib.sha256(data).hexdigest()
+    open(f"{out}/blobs/sha256/{digest}", "wb").write(data)
+    return {"mediaType": media, "digest": "sha256:" + digest, "size": len(data)}
+def layer(entries):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                t.addfile(info)
+            else:
+                info.size, info.mode = len(data), 0o644
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/srv/app:/bin/sh\n"
+top_tar = layer([("etc/passwd", passwd), ("etc/.wh.hosts", b""), ("srv", None), ("srv/app", None)])
+tgz = "application/vnd.oci.image.layer.v1.tar+gzip"
+layers = [blob(gzip.compress(base_tar), tgz), blob(gzip.compress(top_tar), tgz)]
+config = {"architecture": "amd64", "os": "linux",
+          "config": {"Env": ["GREETING=hi"], "Entrypoint": ["sh", "-c"],
+                     "Cmd": [sys.argv[3]], "WorkingDir": "/srv/app", "User": "app"},
+          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in (base_tar, top_tar)]}}
+config = blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": layers}
+manifest = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
+json.dump({"schemaVersion": 2, "manifests": [manifest]}, open(f"{out}/index.json", "w"))
+open(f"{out}/oci-layout", "w").write('{"imageLayoutVersion": "1.0.0"}')
+"#;
+
 /// A private hiber home for one test.
 pub struct Home {
     pub dir: tempfile::TempDir,
@@ -146,6 +185,20 @@ impl Home {
         lowers.split(':').count()
     }
 
+    /// Makes the OCI image layout `layout` (see [`MAKE_LAYOUT`]) over this home's busybox root,
+    /// with `command` as the image's command; builds the busybox image first.
+    pub fn oci_layout(&self, layout: &Path, command: &str) {
+        self.busybox();
+        let tarball = self.path().join("busybox.tar");
+        if !tarball.exists() {
+            let out = std::fs::File::create(&tarball).unwrap();
+            let mut export = self.cmd(&["run", "busybox", "tar", "-c", "-f", "-", "-C", "/", "bin", "etc", "root"]);
+            assert!(export.stdout(out).status().unwrap().success());
+        }
+        let made = Command::new("python3").args(["-c", MAKE_LAYOUT]).arg(&tarball).arg(layout).arg(command).status();
+        assert!(made.unwrap().success());
+    }
+
     /// The `ps --json` entry of sandbox `id`.
     pub fn sandbox(&self, id: &str) -> serde_json::Value {
         self.ps().into_iter().find(|s| s["id"] == id).unwrap_or_else(|| panic!("sandbox {id} not listed"))
@@ -189,4 +242,68 @@ pub fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !matches!(s.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("Z") | Some("X")))
         .unwrap_or(false)
+}
+
+/// Runs `skopeo --insecure-policy copy --quiet ARGS...` and asserts it succeeded; false (after
+/// saying why) when skopeo is missing, a failure when `CI` is set.
+pub fn skopeo(args: &[&str]) -> bool {
+    let Ok(out) = Command::new("skopeo").args(["--insecure-policy", "copy", "--quiet"]).args(args).output() else {
+        assert!(std::env::var_os("CI").is_none(), "skopeo is missing and CI is set: run scripts/setup-test.sh");
+        eprintln!("SKIP: skopeo is missing (run scripts/setup-test.sh)");
+        return false;
+    };
+    assert!(out.status.success(), "skopeo copy {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    true
+}
+
+/// A CNCF distribution registry on a loopback port, its storage in a directory of its own;
+/// stopped (by its pid) when dropped.
+pub struct Registry {
+    child: std::process::Child,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+    /// Its storage.
+    pub storage: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts one (the binary scripts/setup-test.sh unpacks), with `extra` YAML appended to its
+    /// configuration; `None` (after saying why) when it is missing, a failure when `CI` is set.
+    pub fn start(extra: &str) -> Option<Registry> {
+        let binary = std::env::var_os("HIBER_TEST_REGISTRY_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/cache/hiber/test-registry".into())
+            .join("usr/bin/docker-registry");
+        if !binary.exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{} is missing and CI is set: run scripts/setup-test.sh",
+                binary.display()
+            );
+            eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", binary.display());
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let address = format!("127.0.0.1:{port}");
+        let storage = tempfile::Builder::new().prefix("hiber-registry-").tempdir_in("/var/tmp").unwrap();
+        let config = storage.path().join("config.yml");
+        let yaml = format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{extra}",
+            storage.path().join("data").display()
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let child =
+            Command::new(binary).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let registry = Registry { child, address, storage };
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(&registry.address).is_ok());
+        assert!(up, "the registry did not listen on {}", registry.address);
+        Some(registry)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

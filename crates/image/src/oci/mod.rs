@@ -8,7 +8,7 @@
 //! before it is stored.
 
 mod source;
-mod spec;
+pub mod spec;
 
 use std::cell::RefCell;
 use std::io::{self, BufReader, Read};
@@ -20,10 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::image::ImageConfig;
 use crate::import::{self, Entries, ImportError};
 pub(crate) use source::Source;
-use spec::{sha256_hex, Configuration, Descriptor, DockerSaved, Index, Manifest};
-
-/// The platform hiber runs images for.
-const PLATFORM: (&str, &str) = ("linux", "amd64");
+use spec::{sha256_hex, Configuration, Descriptor, DockerSaved, Index, Manifest, PLATFORM};
 
 /// Errors reading an OCI or Docker image.
 #[derive(Debug, thiserror::Error)]
@@ -190,17 +187,8 @@ fn choose(source: &Source, index: Index, depth: usize) -> Result<Manifest, OciEr
     if depth > 4 {
         return Err(bad("indexes nest more than four deep".into()));
     }
-    let fits =
-        |d: &&Descriptor| d.platform.as_ref().is_none_or(|p| (p.os.as_str(), p.architecture.as_str()) == PLATFORM);
-    let Some(chosen) = index.manifests.iter().find(fits) else {
-        let found: Vec<String> = index
-            .manifests
-            .iter()
-            .filter_map(|d| d.platform.as_ref())
-            .map(|p| format!("{}/{}", p.os, p.architecture))
-            .collect();
-        return Err(OciError::Platform { path: source.path().to_path_buf(), found: found.join(", ") });
-    };
+    let chosen =
+        index.for_this_platform().map_err(|found| OciError::Platform { path: source.path().to_path_buf(), found })?;
     match chosen.media_type.as_str() {
         spec::INDEX | spec::DOCKER_LIST => choose(source, parse_blob(source, chosen, "an index")?, depth + 1),
         spec::MANIFEST | spec::DOCKER_MANIFEST | "" => {

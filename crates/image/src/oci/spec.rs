@@ -114,6 +114,27 @@ pub struct RootFs {
     pub diff_ids: Vec<String>,
 }
 
+/// The platform hiber runs images for.
+pub const PLATFORM: (&str, &str) = ("linux", "amd64");
+
+impl Index {
+    /// The entry for [`PLATFORM`] (or one that names no platform); otherwise the platforms the
+    /// index has, as `os/architecture, ...`.
+    pub fn for_this_platform(&self) -> Result<&Descriptor, String> {
+        let fits =
+            |d: &&Descriptor| d.platform.as_ref().is_none_or(|p| (p.os.as_str(), p.architecture.as_str()) == PLATFORM);
+        self.manifests.iter().find(fits).ok_or_else(|| {
+            let found: Vec<String> = self
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
+            found.join(", ")
+        })
+    }
+}
+
 /// The hex part of a `sha256:` digest, if it is one.
 pub fn sha256_hex(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
