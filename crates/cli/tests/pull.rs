@@ -48,7 +48,11 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
     assert!(missing.stderr.trim().ends_with("has no team/app/manifests/v3"), "{}", missing.stderr);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let unreachable = home.run(&["pull", &format!("127.0.0.1:{closed}/team/app:v1")]);
-    assert!(unreachable.stderr.contains(&format!("cannot reach registry 127.0.0.1:{closed}")), "{}", unreachable.stderr);
+    assert!(
+        unreachable.stderr.contains(&format!("cannot reach registry 127.0.0.1:{closed}")),
+        "{}",
+        unreachable.stderr
+    );
     assert_eq!(unreachable.stderr.trim().lines().count(), 1, "{}", unreachable.stderr);
     let bad = home.run(&["pull", "app"]);
     assert!(bad.stderr.contains("invalid image reference 'app'"), "{}", bad.stderr);
@@ -88,4 +92,110 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// A registry token service (the protocol Docker Hub and GHCR speak): `GET /token?scope=...`
+/// with Basic credentials `tester:secret` answers a JWT signed (RS256, by `openssl`) with key
+/// argv[2], its certificate argv[3] in the `x5c` header, granting the scope's repository; it
+/// listens on 127.0.0.1:argv[1] and counts the tokens it gave in argv[4].
+const TOKEN_SERVICE: &str = r#"
+import base64, http.server, json, subprocess, sys, time, urllib.parse
+port, key, cert, counter = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+der = subprocess.run(["openssl", "x509", "-in", cert, "-outform", "DER"], capture_output=True, check=True).stdout
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+given = 0
+class Tokens(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def do_GET(self):
+        global given
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"tester:secret").decode():
+            self.send_response(401); self.end_headers(); return
+        access = []
+        for scope in query.get("scope", []):
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(der).decode()]}
+        claims = {"iss": "hiber-test", "sub": "tester", "aud": query["service"][0], "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": str(now) + str(given), "access": access}
+        signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", key], input=signing.encode(),
+                                   capture_output=True, check=True).stdout
+        body = json.dumps({"token": signing + "." + b64(signature)}).encode()
+        given += 1
+        open(counter, "w").write(str(given))
+        self.send_response(200); self.send_header("Content-Type", "application/json"); self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", port), Tokens).serve_forever()
+"#;
+
+/// A child process killed (by its pid) when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn pulls_from_a_registry_with_token_authentication() {
+    if !can_run("pulls_from_a_registry_with_token_authentication") {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (key, cert) = (keys.path().join("key.pem"), keys.path().join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=hiber-test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let counter = keys.path().join("tokens");
+    let service = std::process::Command::new("python3")
+        .args(["-c", TOKEN_SERVICE, &port.to_string()])
+        .args([&key, &cert, &counter])
+        .spawn()
+        .unwrap();
+    let _service = Killed(service);
+    assert!(common::eventually(std::time::Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let auth = format!(
+        "auth:\n  token:\n    realm: http://127.0.0.1:{port}/token\n    service: hiber-test-registry\n    issuer: hiber-test\n    rootcertbundle: {}\n",
+        cert.display()
+    );
+    let Some(registry) = Registry::start(&auth) else { return };
+    let home = Home::new();
+    let layout = home.path().join("layout");
+    home.oci_layout(&layout, "echo authenticated");
+    if !common::skopeo(&[
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "tester:secret",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{}/private/app:v1", registry.address),
+    ]) {
+        return;
+    }
+    let reference = format!("{}/private/app:v1", registry.address);
+    let anonymous = home.run(&["pull", &reference]);
+    assert_ne!(anonymous.code, 0);
+    assert!(anonymous.stderr.contains("refused access"), "{}", anonymous.stderr);
+    let given = || std::fs::read_to_string(&counter).unwrap_or_default();
+    let before = given();
+    let pulled = home
+        .cmd(&["pull", &reference])
+        .env("HIBER_REGISTRY_USER", "tester")
+        .env("HIBER_REGISTRY_PASSWORD", "secret")
+        .output()
+        .unwrap();
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    assert_ne!(given(), before, "the pull took a token from the service");
+    assert_eq!(home.ok(&["run", "app"]), "authenticated\n");
 }
