@@ -367,6 +367,17 @@ pub enum BenchCommand {
         #[arg(long)]
         skip_podman: bool,
     },
+    /// `hiber pull` of a four-layer Debian image from a registry on loopback (started here),
+    /// a second pull sharing all its layers but one, and `skopeo copy` and `podman pull` of the
+    /// same image, in the same run.
+    Pull {
+        /// Repeat each measurement this many times and report the median.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Message -> first streamed entry for a running and a suspended session (an in-process
     /// `hiber serve`, a python agent in Debian), and the context log's fsync'd appends,
     /// throughput and append/tail-read times at 10 and 1,000,000 entries.

@@ -59,7 +59,7 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
 
     // A layer damaged in the registry's storage is refused before anything is stored.
     let fresh = Home::new();
-    let blobs = registry.storage.path().join("data/docker/registry/v2/blobs/sha256");
+    let blobs = registry.blobs();
     let mut damaged = 0;
     for data in walk(&blobs).into_iter().filter(|p| p.ends_with("data")) {
         let bytes = std::fs::read(&data).unwrap();

@@ -12,6 +12,7 @@
 
 mod client;
 mod reference;
+pub mod server;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};

@@ -256,24 +256,21 @@ pub fn skopeo(args: &[&str]) -> bool {
     true
 }
 
-/// A CNCF distribution registry on a loopback port, its storage in a directory of its own;
-/// stopped (by its pid) when dropped.
+/// A CNCF distribution registry on a loopback port, its storage in a directory of its own
+/// (removed with it); `None` (after saying why) when scripts/setup-test.sh has not unpacked it,
+/// a failure when `CI` is set.
 pub struct Registry {
-    child: std::process::Child,
+    server: hiber_registry::server::LocalRegistry,
     /// `127.0.0.1:PORT`.
     pub address: String,
-    /// Its storage.
+    /// Its storage directory's parent.
     pub storage: tempfile::TempDir,
 }
 
 impl Registry {
-    /// Starts one (the binary scripts/setup-test.sh unpacks), with `extra` YAML appended to its
-    /// configuration; `None` (after saying why) when it is missing, a failure when `CI` is set.
+    /// Starts one with `extra` YAML appended to its configuration.
     pub fn start(extra: &str) -> Option<Registry> {
-        let binary = std::env::var_os("HIBER_TEST_REGISTRY_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| "/var/cache/hiber/test-registry".into())
-            .join("usr/bin/docker-registry");
+        let binary = hiber_registry::server::binary();
         if !binary.exists() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -283,27 +280,13 @@ impl Registry {
             eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", binary.display());
             return None;
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let address = format!("127.0.0.1:{port}");
         let storage = tempfile::Builder::new().prefix("hiber-registry-").tempdir_in("/var/tmp").unwrap();
-        let config = storage.path().join("config.yml");
-        let yaml = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {address}\n{extra}",
-            storage.path().join("data").display()
-        );
-        std::fs::write(&config, yaml).unwrap();
-        let child =
-            Command::new(binary).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let registry = Registry { child, address, storage };
-        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(&registry.address).is_ok());
-        assert!(up, "the registry did not listen on {}", registry.address);
-        Some(registry)
+        let server = hiber_registry::server::LocalRegistry::start(storage.path(), extra).expect("the test registry");
+        Some(Registry { address: server.address.clone(), server, storage })
     }
-}
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    /// Where it keeps blobs.
+    pub fn blobs(&self) -> PathBuf {
+        self.server.storage.join("docker/registry/v2/blobs/sha256")
     }
 }

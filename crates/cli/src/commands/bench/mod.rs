@@ -1,6 +1,7 @@
 //! `hiber bench`: measurements that print numbers.
 
 mod hiber;
+mod pull;
 mod session;
 mod snapshot;
 mod start;
@@ -20,6 +21,7 @@ pub fn bench(home: &Path, command: BenchCommand) -> Result<i32> {
             snapshot::snapshot(home, rounds.max(1), &workloads, json, skip_podman)
         }
         BenchCommand::Session { rounds, json } => session::session(home, rounds.max(1), json),
+        BenchCommand::Pull { rounds, json } => pull::pull(home, rounds.max(1), json),
     }
 }
 
