@@ -309,15 +309,36 @@ pub struct ForkArgs {
     pub snapshot: String,
 }
 
+/// `hiber image build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The image: `busybox` or `debian` for a stock one; any name with --from.
+    pub name: String,
+    /// Build on this image.
+    #[arg(long, value_name = "IMAGE")]
+    pub from: Option<String>,
+    /// Install a Debian package (repeatable).
+    #[arg(long, value_name = "PKG")]
+    pub apt: Vec<String>,
+    /// Install a Python package with pip (repeatable).
+    #[arg(long, value_name = "PKG")]
+    pub pip: Vec<String>,
+    /// Copy a host file or directory into the image (repeatable).
+    #[arg(long, value_name = "SRC:DST")]
+    pub copy: Vec<String>,
+    /// Run a shell command in the image (repeatable).
+    #[arg(long, value_name = "CMD")]
+    pub run: Vec<String>,
+}
+
 /// `hiber image ...`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Build a stock image: `busybox` (seconds) or `debian` (bookworm minbase with python3, git, curl).
-    Build {
-        /// Which image.
-        #[arg(value_parser = ["busybox", "debian"])]
-        kind: String,
-    },
+    /// Build a stock image, `busybox` (seconds) or `debian` (bookworm minbase with python3, git,
+    /// curl), or, with --from, an image on another one: its layers plus one with the steps'
+    /// changes (--apt first, then --pip, --copy and --run, each in the order given; cached by
+    /// the steps' hash).
+    Build(BuildArgs),
     /// Make an image from an OCI image layout (directory or archive), a `docker save` archive, or a
     /// root filesystem directory or .tar / .tar.gz archive.
     Import {

@@ -113,3 +113,46 @@ fn oci_images_run_with_their_defaults_and_share_layers_with_their_docker_archive
     assert_eq!(layers(), before, "the docker archive's layers are the layout's");
     assert_eq!(home.ok(&["run", "app-docker"]), "1000 /srv/app hi\ngroup\npasswd\n");
 }
+
+#[test]
+fn images_built_from_another_with_packages_files_and_commands_are_cached() {
+    if !can_run("images_built_from_another_with_packages_files_and_commands_are_cached") {
+        return;
+    }
+    let home = Home::new();
+    home.debian();
+    let file = home.path().join("agent.py");
+    std::fs::write(&file, "print('agent here')\n").unwrap();
+    let copy = format!("{}:/srv/agent.py", file.display());
+    let args = ["image", "build", "tools", "--from", "debian", "--apt", "jq", "--pip", "six", "--copy", &copy];
+    let mut all = args.to_vec();
+    all.extend(["--run", "echo built > /etc/built"]);
+    let built = home.run(&all);
+    assert_eq!(built.code, 0, "{}", built.stderr);
+    let check = "jq --version; python3 -c 'import six; print(six.__name__)'; python3 /srv/agent.py; cat /etc/built; \
+                 stat -c %u /srv/agent.py /usr/bin/jq; ls -A /tmp";
+    assert_eq!(home.ok(&["run", "tools", "sh", "-c", check]), "jq-1.6\nsix\nagent here\nbuilt\n0\n0\n");
+    let images: Vec<serde_json::Value> = serde_json::from_str(&home.ok(&["images", "--json"])).unwrap();
+    let tools = images.iter().find(|i| i["name"] == "tools").unwrap();
+    let debian = images.iter().find(|i| i["name"] == "debian").unwrap();
+    assert_eq!(tools["layers"].as_array().unwrap().len(), 2, "the base's layer and one more");
+    assert_eq!(tools["layers"][0], debian["layers"][0], "the base's layer is shared, not copied");
+
+    // The same steps again: cached, nothing runs.
+    all[2] = "tools-again";
+    let again = home.run(&all);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(again.stderr.contains("steps cached"), "{}", again.stderr);
+    // A failing step: one line, no image, no layer left.
+    let layers = || std::fs::read_dir(home.path().join("layers")).unwrap().count();
+    let before = layers();
+    let failed = home.run(&["image", "build", "broken", "--from", "debian", "--run", "echo no such luck >&2; exit 3"]);
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.trim().ends_with("build step 1 (--run echo no such luck >&2; exit 3) failed: no such luck"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(layers(), before);
+    assert!(home.run(&["run", "broken", "true"]).code != 0);
+}

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+mod build;
 mod busybox;
 mod copy;
 mod debian;
@@ -29,6 +30,7 @@ mod squash;
 mod store;
 mod xattr;
 
+pub use build::{BuildError, Step};
 pub use busybox::BusyboxError;
 pub use copy::CopyError;
 pub use debian::DebianError;

@@ -6,6 +6,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::build::{self, BuildError, Step};
 use crate::busybox::{self, BusyboxError};
 use crate::copy::{copy_tree, CopyError};
 use crate::debian::{self, DebianError};
@@ -63,6 +64,9 @@ pub enum StoreError {
     /// Importing an OCI or Docker image failed.
     #[error(transparent)]
     Oci(#[from] OciError),
+    /// Building an image from another failed.
+    #[error(transparent)]
+    Build(#[from] BuildError),
     /// Copying a tree into a layer failed.
     #[error(transparent)]
     Copy(#[from] CopyError),
@@ -166,6 +170,48 @@ impl ImageStore {
         copy_tree(&rootfs, staging.path(), hardlink)?;
         let layer = finish(staging)?;
         self.install_one("debian", layer, debian::source())
+    }
+
+    /// Builds image `name` from image `from` with `steps` (see [`Step`]): the base's layers
+    /// plus one with the changes, taken from the cache when the same steps ran on the same base
+    /// before. On failure nothing is left behind.
+    pub fn build_from(
+        &self,
+        name: &str,
+        from: &str,
+        steps: &[Step],
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<Image, StoreError> {
+        validate_name(name)?;
+        let base = self.get(from)?;
+        let base_layers: Vec<String> = base.layers.iter().map(|l| l.to_string()).collect();
+        let key = build::key(&base_layers, steps)?;
+        let source = format!("build {key} from {from}");
+        let cache = self.images.with_file_name("builds").join(&key);
+        let cached = fs::read_to_string(&cache).ok().and_then(|id| LayerId::parse(id.trim()).ok());
+        let layers_with = |layer: LayerId| base.layers.iter().cloned().chain(std::iter::once(layer)).collect();
+        if let Some(layer) = cached.filter(|l| self.layers.path(l).is_dir()) {
+            progress(&format!("steps cached (layer {layer})"));
+            return self.install(name, layers_with(layer), base.config.clone(), source);
+        }
+        let staging = self.layers.staging()?;
+        let scratch = self.layers.staging()?;
+        build::run_steps(&self.lower_dirs(&base), staging.path(), scratch.path(), steps, progress)?;
+        drop(scratch);
+        let layer = staging.commit()?;
+        let image = self.install(name, layers_with(layer.clone()), base.config.clone(), source);
+        if image.is_err() {
+            let _ = self.layers.remove(&layer);
+        }
+        let remembered = cache
+            .parent()
+            .map(fs::create_dir_all)
+            .transpose()
+            .and_then(|_| hiber_common::fs::write_atomic(&cache, layer.as_str().as_bytes()));
+        if let Err(e) = remembered {
+            progress(&format!("warning: the build cache was not written: {e}"));
+        }
+        image
     }
 
     /// Imports an OCI image layout (a directory or a tar archive), a `docker save` archive, or

@@ -4,10 +4,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use hiber_image::{Image, ImageStore};
+use anyhow::{bail, Result};
+use hiber_image::{Image, ImageStore, Step};
 
-use crate::cli::ImageCommand;
+use crate::cli::{BuildArgs, ImageCommand};
 use crate::format;
 
 pub fn list(home: &Path, json: bool) -> Result<i32> {
@@ -37,8 +37,7 @@ pub fn image(home: &Path, command: ImageCommand) -> Result<i32> {
     let started = Instant::now();
     let mut progress = Progress::new();
     let image: Image = match command {
-        ImageCommand::Build { kind } if kind == "busybox" => store.build_busybox(&mut |l| progress.line(l))?,
-        ImageCommand::Build { .. } => store.build_debian(&mut |l| progress.line(l))?,
+        ImageCommand::Build(args) => build(&store, args, &mut progress)?,
         ImageCommand::Import { path, name } => store.import(&path, &name, &mut |l| progress.line(l))?,
         ImageCommand::Rm { name } => {
             store.remove(&name)?;
@@ -52,6 +51,29 @@ pub fn image(home: &Path, command: ImageCommand) -> Result<i32> {
     eprintln!("image {} ready: {} in {:.1?}", image.name, format::size(image.size_bytes), started.elapsed());
     outln!("{}", image.name)?;
     Ok(0)
+}
+
+/// `hiber image build`: a stock image, or one built `--from` another with steps.
+fn build(store: &ImageStore, args: BuildArgs, progress: &mut Progress) -> Result<Image> {
+    let mut steps = Vec::new();
+    if !args.apt.is_empty() {
+        steps.push(Step::Apt(args.apt));
+    }
+    if !args.pip.is_empty() {
+        steps.push(Step::Pip(args.pip));
+    }
+    for copy in &args.copy {
+        let Some((src, dst)) = copy.split_once(':') else { bail!("invalid --copy '{copy}': use SRC:DST") };
+        steps.push(Step::Copy { src: src.into(), dst: dst.to_string() });
+    }
+    steps.extend(args.run.into_iter().map(Step::Run));
+    match (args.from, args.name.as_str()) {
+        (Some(from), name) => Ok(store.build_from(name, &from, &steps, &mut |l| progress.line(l))?),
+        (None, _) if !steps.is_empty() => bail!("--apt, --pip, --copy and --run need --from IMAGE"),
+        (None, "busybox") => Ok(store.build_busybox(&mut |l| progress.line(l))?),
+        (None, "debian") => Ok(store.build_debian(&mut |l| progress.line(l))?),
+        (None, name) => bail!("no stock image '{name}' (busybox, debian): use --from IMAGE to build on another"),
+    }
 }
 
 /// Removes layers nothing uses any more (a replaced or removed image's),
