@@ -23,8 +23,8 @@ pub enum CommandError {
     #[error("{0} contains a NUL byte")]
     Nul(&'static str),
     /// The user or group to run as is not in the sandbox.
-    #[error("unknown user {0}")]
-    UnknownUser(String),
+    #[error(transparent)]
+    UnknownUser(#[from] user::UnknownUser),
 }
 
 /// A process ready to be started: every string already in C form, so the

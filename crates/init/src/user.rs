@@ -1,7 +1,10 @@
 //! Who a process runs as: `user`, `uid`, `user:group` or `uid:gid`, names looked up in the
 //! sandbox's `/etc/passwd` and `/etc/group` (as Docker and runc do for an image's `User`).
 
-use crate::command::CommandError;
+/// A user or group the sandbox does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown user {0}")]
+pub struct UnknownUser(String);
 
 /// The ids a process takes before it execs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +20,7 @@ pub struct Identity {
 }
 
 /// The identity `user` names in this sandbox; `None` for the empty string (root, as is).
-pub fn lookup(user: &str) -> Result<Option<Identity>, CommandError> {
+pub fn lookup(user: &str) -> Result<Option<Identity>, UnknownUser> {
     if user.is_empty() {
         return Ok(None);
     }
@@ -26,8 +29,8 @@ pub fn lookup(user: &str) -> Result<Option<Identity>, CommandError> {
 }
 
 /// [`lookup`] over the contents of `/etc/passwd` and `/etc/group`.
-pub fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity, CommandError> {
-    let unknown = |what: &str| CommandError::UnknownUser(format!("{user}: no {what} in the sandbox"));
+pub fn resolve(user: &str, passwd: &str, group: &str) -> Result<Identity, UnknownUser> {
+    let unknown = |what: &str| UnknownUser(format!("{user}: no {what} in the sandbox"));
     let (name_or_uid, group_part) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),

@@ -51,8 +51,10 @@ pub struct Overlay {
 /// process with a watch cannot be dumped ("fsnotify: Can't dump that handle").
 const FILE_HANDLES: &str = "index=on,nfs_export=on";
 
-/// How long a mount waits for a layer still marked in use by an overlay going away.
-const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a mount waits for a layer still marked in use by an overlay going away (the
+/// kernel frees a dead sandbox's mount namespace, and its overlay, asynchronously: 2 s was
+/// once not enough on a loaded two-core machine).
+const IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Overlay {
     fn options(&self) -> Result<String, OverlayError> {
@@ -84,7 +86,8 @@ impl Overlay {
         }
         // With `index=on` the kernel refuses a layer that an overlay still being torn down has
         // marked in use (the upper directory of a sandbox just suspended, now the snapshot's
-        // layer, while its last references drop): that clears within milliseconds.
+        // layer, while its last references drop): that clears within milliseconds, or seconds
+        // under load.
         let deadline = std::time::Instant::now() + IN_USE_WAIT;
         loop {
             match mount(Some("overlay"), &self.target, Some("overlay"), MsFlags::empty(), Some(options.as_str())) {
