@@ -6,9 +6,10 @@ mod common;
 
 use common::{can_run, Home, Registry};
 
-/// Pushes layout `layout` to `registry` as `repository:tag`.
+/// Pushes layout `layout` (every platform of its index) to `registry` as `repository:tag`.
 fn push(registry: &Registry, layout: &std::path::Path, reference: &str) -> bool {
     common::skopeo(&[
+        "--all",
         "--dest-tls-verify=false",
         &format!("oci:{}", layout.display()),
         &format!("docker://{}/{reference}", registry.address),
@@ -29,6 +30,12 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
         return;
     }
 
+    // The registry holds an index (arm64 listed first): the pull must choose amd64.
+    let raw = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/team/app:v1", registry.address)])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&raw.stdout).contains("application/vnd.oci.image.index.v1+json"));
     let first = home.run(&["pull", &format!("{}/team/app:v1", registry.address)]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(first.stdout, "app\n");
@@ -57,11 +64,40 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
     let bad = home.run(&["pull", "app"]);
     assert!(bad.stderr.contains("invalid image reference 'app'"), "{}", bad.stderr);
 
+    // A download cut short resumes from its `.partial`: from a true half it finishes; from a
+    // wrong half (resumed, not started over) it fails its digest, and starts over next time.
+    // v1's base layer: the largest of its blobs (v2's differs: gzip records the time).
+    let biggest =
+        walk(&v1.join("blobs/sha256")).into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let hex = biggest.file_name().unwrap().to_str().unwrap().to_string();
+    let bytes = std::fs::read(&biggest).unwrap();
+    let half = &bytes[..bytes.len() / 2];
+    for (wrong, fails) in [(true, true), (false, false)] {
+        let resumed = Home::new();
+        let pulls = resumed.path().join(format!("pulls/{}/team/app/blobs/sha256", registry.address.replace(':', "_")));
+        std::fs::create_dir_all(&pulls).unwrap();
+        let partial: Vec<u8> = if wrong { half.iter().map(|b| !b).collect() } else { half.to_vec() };
+        std::fs::write(pulls.join(format!("{hex}.partial")), partial).unwrap();
+        let pulled = resumed.run(&["pull", &format!("{}/team/app:v1", registry.address)]);
+        assert_eq!(
+            pulled.code != 0,
+            fails,
+            "a {} partial download: {}",
+            if wrong { "wrong" } else { "true" },
+            pulled.stderr
+        );
+        if fails {
+            assert!(pulled.stderr.contains(&format!("sent a bad layer sha256:{hex}")), "{}", pulled.stderr);
+            assert!(!pulls.join(format!("{hex}.partial")).exists(), "the bad partial download is dropped");
+            assert_eq!(resumed.run(&["pull", &format!("{}/team/app:v1", registry.address)]).code, 0, "and starts over");
+        }
+        assert_eq!(resumed.ok(&["run", "app"]), "v1 1000 hi\n");
+    }
+
     // A layer damaged in the registry's storage is refused before anything is stored.
     let fresh = Home::new();
-    let blobs = registry.blobs();
     let mut damaged = 0;
-    for data in walk(&blobs).into_iter().filter(|p| p.ends_with("data")) {
+    for data in walk(&registry.blobs()).into_iter().filter(|p| p.ends_with("data")) {
         let bytes = std::fs::read(&data).unwrap();
         if bytes.starts_with(&[0x1f, 0x8b]) && bytes.len() > 4096 {
             let mut bytes = bytes;

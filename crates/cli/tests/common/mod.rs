@@ -39,7 +39,8 @@ pub fn test_root(var: &str, name: &str, marker: &str) -> Option<PathBuf> {
 /// Makes an OCI image layout in argv[2] from the root filesystem tarball argv[1]: that tar
 /// (gzipped) as the base layer, then a layer that adds a user `app` (1000) and /srv/app and
 /// deletes /etc/hosts (a whiteout), and run defaults: GREETING=hi, `sh -c` as the entrypoint,
-/// argv[3] as the command, /srv/app as the working directory, user app.
+/// argv[3] as the command, /srv/app as the working directory, user app. The layout holds an
+/// image index for linux/arm64 (listed first, its command saying so) and linux/amd64.
 const MAKE_LAYOUT: &str = r#"
 import gzip, hashlib, io, json, os, sys, tarfile
 base_tar, out = open(sys.argv[1], "rb").read(), sys.argv[2]
@@ -64,14 +65,21 @@ passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/srv/app:/bin/sh\n
 top_tar = layer([("etc/passwd", passwd), ("etc/.wh.hosts", b""), ("srv", None), ("srv/app", None)])
 tgz = "application/vnd.oci.image.layer.v1.tar+gzip"
 layers = [blob(gzip.compress(base_tar), tgz), blob(gzip.compress(top_tar), tgz)]
-config = {"architecture": "amd64", "os": "linux",
-          "config": {"Env": ["GREETING=hi"], "Entrypoint": ["sh", "-c"],
-                     "Cmd": [sys.argv[3]], "WorkingDir": "/srv/app", "User": "app"},
-          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in (base_tar, top_tar)]}}
-config = blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
-manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": layers}
-manifest = blob(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
-json.dump({"schemaVersion": 2, "manifests": [manifest]}, open(f"{out}/index.json", "w"))
+def manifest(architecture, command):
+    config = {"architecture": architecture, "os": "linux",
+              "config": {"Env": ["GREETING=hi"], "Entrypoint": ["sh", "-c"],
+                         "Cmd": [command], "WorkingDir": "/srv/app", "User": "app"},
+              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest() for t in (base_tar, top_tar)]}}
+    config = blob(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json")
+    m = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "config": config, "layers": layers}
+    m = blob(json.dumps(m).encode(), "application/vnd.oci.image.manifest.v1+json")
+    m["platform"] = {"os": "linux", "architecture": architecture}
+    return m
+# A multi-platform image: its arm64 entry comes first.
+platforms = [manifest("arm64", "echo the arm64 image was chosen"), manifest("amd64", sys.argv[3])]
+index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": platforms}
+index = blob(json.dumps(index).encode(), "application/vnd.oci.image.index.v1+json")
+json.dump({"schemaVersion": 2, "manifests": [index]}, open(f"{out}/index.json", "w"))
 open(f"{out}/oci-layout", "w").write('{"imageLayoutVersion": "1.0.0"}')
 "#;
 
