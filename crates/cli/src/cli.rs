@@ -317,6 +317,10 @@ pub struct BuildArgs {
     /// Build on this image.
     #[arg(long, value_name = "IMAGE")]
     pub from: Option<String>,
+    /// Take the base and the steps, in order, from this file: `from IMAGE`, then one step a
+    /// line: `apt PKG...`, `pip PKG...`, `copy SRC DST`, `run COMMAND` (`#` comments).
+    #[arg(short, long, value_name = "FILE", conflicts_with_all = ["apt", "pip", "copy", "run"])]
+    pub file: Option<PathBuf>,
     /// Install a Debian package (repeatable).
     #[arg(long, value_name = "PKG")]
     pub apt: Vec<String>,

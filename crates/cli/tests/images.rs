@@ -143,6 +143,14 @@ fn images_built_from_another_with_packages_files_and_commands_are_cached() {
     let again = home.run(&all);
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.stderr.contains("steps cached"), "{}", again.stderr);
+    // A build file: its steps in the order written, a copy's source beside the file.
+    let file = home.path().join("hiber.build");
+    std::fs::write(&file, "# ordered\nfrom debian\nrun echo first > /etc/order\ncopy agent.py /srv/agent.py\nrun cat /srv/agent.py >> /etc/order\n").unwrap();
+    home.ok(&["image", "build", "ordered", "-f", file.to_str().unwrap()]);
+    assert_eq!(home.ok(&["run", "ordered", "cat", "/etc/order"]), "first\nprint('agent here')\n");
+    let both = home.run(&["image", "build", "x", "-f", file.to_str().unwrap(), "--run", "true"]);
+    assert_ne!(both.code, 0, "a build file and step flags together are refused");
+
     // A failing step: one line, no image, no layer left.
     let layers = || std::fs::read_dir(home.path().join("layers")).unwrap().count();
     let before = layers();

@@ -92,6 +92,37 @@ impl Step {
     }
 }
 
+/// A build file: its base (a `from IMAGE` line, if any) and its steps, in order, one per line
+/// (`apt PKG...`, `pip PKG...`, `copy SRC DST`, `run COMMAND`; `#` starts a comment). A
+/// relative `copy` source is taken from `dir`, the file's directory.
+pub fn parse_build_file(text: &str, dir: &Path) -> Result<(Option<String>, Vec<Step>), BuildError> {
+    let mut from = None;
+    let mut steps = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |why: &str| BuildError::Invalid(format!("build file line {}: {why}: {line}", n + 1));
+        let (word, rest) = line.split_once(char::is_whitespace).map_or((line, ""), |(w, r)| (w, r.trim()));
+        let words = || rest.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        match word {
+            "from" if from.is_none() && steps.is_empty() && !rest.is_empty() => from = Some(rest.to_string()),
+            "from" => return Err(bad("one `from IMAGE` line, before the steps")),
+            "apt" | "pip" if rest.is_empty() => return Err(bad("name at least one package")),
+            "apt" => steps.push(Step::Apt(words())),
+            "pip" => steps.push(Step::Pip(words())),
+            "copy" => match words().as_slice() {
+                [src, dst] => steps.push(Step::Copy { src: dir.join(src), dst: dst.clone() }),
+                _ => return Err(bad("copy takes SRC DST")),
+            },
+            "run" if !rest.is_empty() => steps.push(Step::Run(rest.to_string())),
+            _ => return Err(bad("expected from, apt, pip, copy or run")),
+        }
+    }
+    Ok((from, steps))
+}
+
 /// Words quoted for `sh`.
 fn quoted(words: &[String]) -> String {
     words.iter().map(|w| format!("'{}'", w.replace('\'', "'\\''"))).collect::<Vec<_>>().join(" ")
@@ -239,6 +270,33 @@ mod tests {
         fs::write(&file, "print(2)").unwrap();
         assert_ne!(k, key(&base, &steps).unwrap(), "a copied file's content is part of the key");
         assert!(key(&base, &[Step::Copy { src: dir.path().join("missing"), dst: "/x".into() }]).is_err());
+    }
+
+    #[test]
+    fn build_files_list_a_base_and_steps_in_order() {
+        let text =
+            "# tools\nfrom debian\napt jq curl\nrun echo one\ncopy src /srv/src\npip six\n\nrun make -C /srv/src\n";
+        let (from, steps) = parse_build_file(text, Path::new("/work")).unwrap();
+        assert_eq!(from.as_deref(), Some("debian"));
+        assert_eq!(
+            steps,
+            [
+                Step::Apt(vec!["jq".into(), "curl".into()]),
+                Step::Run("echo one".into()),
+                Step::Copy { src: "/work/src".into(), dst: "/srv/src".into() },
+                Step::Pip(vec!["six".into()]),
+                Step::Run("make -C /srv/src".into()),
+            ]
+        );
+        for (bad, why) in [
+            ("apt", "line 1: name at least one package"),
+            ("run x\nfrom debian", "line 2: one `from"),
+            ("copy a", "copy takes"),
+            ("make", "expected from"),
+        ] {
+            let err = parse_build_file(bad, Path::new("/")).unwrap_err().to_string();
+            assert!(err.contains(why) && !err.contains('\n'), "{err}");
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod squash;
 mod store;
 mod xattr;
 
-pub use build::{BuildError, Step};
+pub use build::{parse_build_file, BuildError, Step};
 pub use busybox::BusyboxError;
 pub use copy::CopyError;
 pub use debian::DebianError;

@@ -4,8 +4,8 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use hiber_image::{Image, ImageStore, Step};
+use anyhow::{bail, Context, Result};
+use hiber_image::{parse_build_file, Image, ImageStore, Step};
 
 use crate::cli::{BuildArgs, ImageCommand};
 use crate::format;
@@ -67,7 +67,17 @@ fn build(store: &ImageStore, args: BuildArgs, progress: &mut Progress) -> Result
         steps.push(Step::Copy { src: src.into(), dst: dst.to_string() });
     }
     steps.extend(args.run.into_iter().map(Step::Run));
-    match (args.from, args.name.as_str()) {
+    let mut from = args.from;
+    if let Some(file) = &args.file {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let (base, file_steps) = parse_build_file(&text, file.parent().unwrap_or(Path::new(".")))?;
+        from = from.or(base);
+        if from.is_none() {
+            bail!("{} names no base: add a `from IMAGE` line or give --from", file.display());
+        }
+        steps = file_steps;
+    }
+    match (from, args.name.as_str()) {
         (Some(from), name) => Ok(store.build_from(name, &from, &steps, &mut |l| progress.line(l))?),
         (None, _) if !steps.is_empty() => bail!("--apt, --pip, --copy and --run need --from IMAGE"),
         (None, "busybox") => Ok(store.build_busybox(&mut |l| progress.line(l))?),
