@@ -96,6 +96,9 @@ fn oci_images_run_with_their_defaults_and_share_layers_with_their_docker_archive
     assert!(common::eventually(std::time::Duration::from_secs(5), || {
         home.run(&["exec", &id, "cat", "/tmp/who"]).stdout == "1000\n"
     }));
+    // An exec runs as `docker exec` does: the image's user, environment and working directory.
+    assert_eq!(home.ok(&["exec", &id, "sh", "-c", "echo $(id -u) $(pwd) $GREETING"]), "1000 /srv/app hi\n");
+    assert_eq!(home.ok(&["exec", "--user", "0", &id, "sh", "-c", "id -u"]), "0\n");
     let unknown = home.run(&["run", "--user", "nobody", "app", "true"]);
     assert_ne!(unknown.code, 0);
     assert!(unknown.stderr.contains("unknown user nobody"), "{}", unknown.stderr);

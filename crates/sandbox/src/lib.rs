@@ -25,5 +25,6 @@ pub use snapshot::{
     FORMAT_VERSION,
 };
 pub use spec::{
-    validate_name, with_image_defaults, Capabilities, Confinement, Limits, SandboxSpec, Seccomp, SpecError,
+    validate_name, with_image_defaults, with_image_environment, Capabilities, Confinement, Limits, SandboxSpec,
+    Seccomp, SpecError,
 };

@@ -270,21 +270,26 @@ impl Seccomp {
 
 /// `process` as a sandbox of an image with run defaults `config` runs it (Docker's rules): the
 /// image's entrypoint before its words, or, when it has none, the image's command (`/bin/sh`
-/// when that is empty too); the image's environment under its own; the image's working
-/// directory and user unless it names its own.
+/// when that is empty too); and the rest as [`with_image_environment`].
 pub fn with_image_defaults(process: ProcessSpec, config: &hiber_image::ImageConfig) -> ProcessSpec {
-    let words = if process.argv.is_empty() { config.cmd.clone() } else { process.argv };
+    let words = if process.argv.is_empty() { config.cmd.clone() } else { process.argv.clone() };
     let mut argv: Vec<String> = config.entrypoint.iter().cloned().chain(words).collect();
     if argv.is_empty() {
         argv.push("/bin/sh".into());
     }
+    ProcessSpec { argv, ..with_image_environment(process, config) }
+}
+
+/// `process` (an exec into a sandbox of the image, as `docker exec` runs it) with the image's
+/// environment under its own, and the image's working directory and user unless it names its
+/// own; its words as they are.
+pub fn with_image_environment(process: ProcessSpec, config: &hiber_image::ImageConfig) -> ProcessSpec {
     let or = |given: String, image: &str| if given.is_empty() { image.to_string() } else { given };
     ProcessSpec {
-        argv,
         env: config.env.iter().cloned().chain(process.env).collect(),
         cwd: or(process.cwd, &config.working_dir),
         user: or(process.user, &config.user),
-        tty: process.tty,
+        ..process
     }
 }
 
