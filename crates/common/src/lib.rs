@@ -4,6 +4,7 @@
 pub mod fs;
 pub mod lock;
 pub mod net;
+pub mod parallel;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

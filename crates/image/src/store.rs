@@ -5,6 +5,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::build::{self, BuildError, Step};
 use crate::busybox::{self, BusyboxError};
@@ -238,29 +239,36 @@ impl ImageStore {
         progress: &mut dyn FnMut(&str),
     ) -> Result<Image, StoreError> {
         let image = oci::resolve(source)?;
-        let mut layers = Vec::new();
-        let mut made = Vec::new();
-        let stored = (|| {
-            for (n, blob) in image.layers.iter().enumerate() {
-                let id = LayerId::parse(&blob.diff_id[..16])?;
-                let step = format!("layer {}/{} sha256:{}", n + 1, image.layers.len(), &blob.diff_id[..12]);
-                if self.layers.path(&id).is_dir() {
-                    progress(&format!("{step}: already stored"));
-                } else {
-                    progress(&format!("{step}: extracting"));
-                    let staging = self.layers.staging()?;
-                    oci::extract_layer(source, blob, staging.path())?;
-                    ids::shift_tree(staging.path())?;
-                    match staging.commit_as(&id) {
-                        Ok(()) => made.push(id.clone()),
-                        Err(LayerError::Exists(_)) => {} // another import stored it meanwhile
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                layers.push(id);
+        let layers =
+            image.layers.iter().map(|blob| LayerId::parse(&blob.diff_id[..16])).collect::<Result<Vec<_>, _>>()?;
+        let count = layers.len();
+        let mut todo = Vec::new();
+        for (n, (blob, id)) in image.layers.iter().zip(&layers).enumerate() {
+            let step = format!("layer {}/{count} sha256:{}", n + 1, &blob.diff_id[..12]);
+            if self.layers.path(id).is_dir() {
+                progress(&format!("{step}: already stored"));
+            } else {
+                todo.push((step, blob, id));
             }
-            Ok::<_, StoreError>(())
-        })();
+        }
+        for (step, _, _) in &todo {
+            progress(&format!("{step}: extracting"));
+        }
+        // Layers unpack side by side, one per core: each into its own staging directory.
+        let made = Mutex::new(Vec::new());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let stored = hiber_common::parallel::try_for_each(todo, cores, |(_, blob, id)| {
+            let staging = self.layers.staging()?;
+            oci::extract_layer(source, blob, staging.path())?;
+            ids::shift_tree(staging.path())?;
+            match staging.commit_as(id) {
+                Ok(()) => made.lock().unwrap_or_else(|e| e.into_inner()).push(id.clone()),
+                Err(LayerError::Exists(_)) => {} // another import stored it meanwhile
+                Err(e) => return Err(StoreError::from(e)),
+            }
+            Ok(())
+        });
+        let made = made.into_inner().unwrap_or_else(|e| e.into_inner());
         let shown = source.path().canonicalize().unwrap_or_else(|_| source.path().to_path_buf());
         let installed =
             stored.and_then(|()| self.install(name, layers, image.config, format!("import {}", shown.display())));

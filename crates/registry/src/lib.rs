@@ -175,27 +175,12 @@ pub fn pull(
         })
         .map(|(layer, _)| layer)
         .collect();
-    let queue = Mutex::new(wanted.clone());
     let bytes = Mutex::new(0u64);
-    let failure: Mutex<Option<RegistryError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(wanted.len()) {
-            s.spawn(|| loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                let Some(layer) = next else { return };
-                match fetch_blob(&client, reference, layer, &blobs, progress) {
-                    Ok(n) => *bytes.lock().unwrap_or_else(|e| e.into_inner()) += n,
-                    Err(e) => {
-                        failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
-                        queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
+    hiber_common::parallel::try_for_each(wanted.clone(), PARALLEL, |layer| {
+        let n = fetch_blob(&client, reference, layer, &blobs, progress)?;
+        *bytes.lock().unwrap_or_else(|e| e.into_inner()) += n;
+        Ok(())
+    })?;
     write_layout(layout, &manifest_descriptor)?;
     Ok(Pulled {
         manifest: manifest_descriptor.digest,
