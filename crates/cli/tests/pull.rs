@@ -6,14 +6,13 @@ mod common;
 
 use common::{can_run, Home, Registry};
 
-/// Pushes layout `layout` (every platform of its index) to `registry` as `repository:tag`.
-fn push(registry: &Registry, layout: &std::path::Path, reference: &str) -> bool {
-    common::skopeo(&[
-        "--all",
-        "--dest-tls-verify=false",
-        &format!("oci:{}", layout.display()),
-        &format!("docker://{}/{reference}", registry.address),
-    ])
+/// Pushes layout `layout` to `registry` as `repository:tag`, with skopeo's `options` (`--all`:
+/// every platform of its index).
+fn push(registry: &Registry, layout: &std::path::Path, reference: &str, options: &[&str]) -> bool {
+    let (from, to) = (format!("oci:{}", layout.display()), format!("docker://{}/{reference}", registry.address));
+    let tls = ["--dest-tls-verify=false"];
+    let args: Vec<&str> = tls.into_iter().chain(options.iter().copied()).chain([from.as_str(), to.as_str()]).collect();
+    common::skopeo(&args)
 }
 
 #[test]
@@ -26,7 +25,12 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
     let (v1, v2) = (home.path().join("v1"), home.path().join("v2"));
     home.oci_layout(&v1, "echo v1 $(id -u) $GREETING");
     home.oci_layout(&v2, "echo v2 $(pwd)");
-    if !push(&registry, &v1, "team/app:v1") || !push(&registry, &v2, "team/app:v2") {
+    // The amd64 image alone (a list cannot change its images' digests), its layers recompressed
+    // with zstd by skopeo.
+    if !push(&registry, &v1, "team/zstd:v1", &["--multi-arch", "system", "--dest-compress-format", "zstd"])
+        || !push(&registry, &v1, "team/app:v1", &["--all"])
+        || !push(&registry, &v2, "team/app:v2", &["--all"])
+    {
         return;
     }
 
@@ -48,6 +52,17 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert!(second.stderr.contains("2 layers (2 already stored)"), "{}", second.stderr);
     assert_eq!(home.ok(&["run", "app2"]), "v2 /srv/app\n");
+
+    let manifest = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/team/zstd:v1", registry.address)])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&manifest.stdout);
+    assert!(text.contains("tar+zstd"), "zstd layers were pushed: {text}");
+    let zstd_home = Home::new();
+    let zstd = zstd_home.run(&["pull", &format!("{}/team/zstd:v1", registry.address)]);
+    assert_eq!(zstd.code, 0, "{}", zstd.stderr);
+    assert_eq!(zstd_home.ok(&["run", "zstd"]), "v1 1000 hi\n");
 
     // Bad input: one line each, and no image.
     let missing = home.run(&["pull", "--name", "nope", &format!("{}/team/app:v3", registry.address)]);
@@ -211,6 +226,7 @@ fn pulls_from_a_registry_with_token_authentication() {
     let layout = home.path().join("layout");
     home.oci_layout(&layout, "echo authenticated");
     if !common::skopeo(&[
+        "--all",
         "--dest-tls-verify=false",
         "--dest-creds",
         "tester:secret",
