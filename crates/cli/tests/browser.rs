@@ -38,11 +38,10 @@ fn count(home: &Home, id: &str) -> Option<u64> {
 #[test]
 fn a_pages_timer_carries_on_and_devtools_answers_after_restore_and_in_forks() {
     require!();
-    let Some(rootfs) = common::test_root("HIBER_TEST_CHROMIUM_ROOTFS", "test-chromium", "usr/bin/chromium") else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "chromium", rootfs.to_str().unwrap()]);
+    if !home.test_image("chromium", common::CHROMIUM) {
+        return;
+    }
     let id = home.detached(&["chromium", "sh", "-c", BROWSER]);
     // Three seconds of counting, so that a restart from zero would show.
     assert!(
@@ -81,11 +80,10 @@ exec setpriv --reuid=web --regid=web --init-groups env HOME=/home/web chromium -
 #[test]
 fn chromiums_own_sandbox_runs_but_its_nested_pid_namespaces_are_refused_in_one_line() {
     require!();
-    let Some(rootfs) = common::test_root("HIBER_TEST_CHROMIUM_ROOTFS", "test-chromium", "usr/bin/chromium") else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "chromium", rootfs.to_str().unwrap()]);
+    if !home.test_image("chromium", common::CHROMIUM) {
+        return;
+    }
     let id = home.detached(&["chromium", "sh", "-c", SANDBOXED_BROWSER]);
     assert!(
         eventually(Duration::from_secs(60), || count(&home, &id).is_some_and(|n| n >= 10)),

@@ -316,7 +316,7 @@ fn host_disks_processes_and_cgroups_are_out_of_reach_with_every_capability_befor
         .status()
         .unwrap();
     assert!(made.success(), "the host's root could not mknod");
-    let host_process = Killed(std::process::Command::new("sleep").arg("100").spawn().unwrap());
+    let host_process = common::Killed(std::process::Command::new("sleep").arg("100").spawn().unwrap());
     let pid = host_process.0.id().to_string();
     let args = [pid.as_str(), &major.to_string(), &minor.to_string()].map(String::from);
 
@@ -332,16 +332,6 @@ fn host_disks_processes_and_cgroups_are_out_of_reach_with_every_capability_befor
     let mut exec = vec!["exec", restored.as_str(), "python3", "-c", REACH];
     exec.extend(args.iter().map(String::as_str));
     assert_out_of_reach(&home.ok(&exec));
-}
-
-/// A child process of the test, killed and reaped when the test ends, passed or not.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

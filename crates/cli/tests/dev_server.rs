@@ -45,13 +45,10 @@ fn edit_and_see(home: &Home, id: &str, word: &str) {
 #[test]
 fn a_vite_dev_server_serves_edits_made_after_restore_and_in_each_fork() {
     require!();
-    let Some(rootfs) =
-        common::test_root("HIBER_TEST_NODE_ROOTFS", "test-node", "srv/app/node_modules/vite/package.json")
-    else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "node", rootfs.to_str().unwrap()]);
+    if !home.test_image("node", common::NODE) {
+        return;
+    }
     let id = home.detached(&["node", "sh", "-c", DEV_SERVER]);
     assert!(
         eventually(Duration::from_secs(60), || served(&home, &id).contains("before")),

@@ -49,13 +49,10 @@ fn run_cell(home: &Home, id: &str, code: &str) -> String {
 #[test]
 fn a_kernels_variables_survive_restore_and_forks_are_independent_kernels() {
     require!();
-    let Some(rootfs) =
-        common::test_root("HIBER_TEST_JUPYTER_ROOTFS", "test-jupyter", "usr/lib/python3/dist-packages/ipykernel")
-    else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "jupyter", rootfs.to_str().unwrap()]);
+    if !home.test_image("jupyter", common::JUPYTER) {
+        return;
+    }
     let id = home.detached(&["jupyter", "sh", "-c", KERNEL]);
     let started = eventually(Duration::from_secs(60), || {
         home.run(&["exec", &id, "python3", "-c", CLIENT, "print('up')"]).stdout.trim() == "up"

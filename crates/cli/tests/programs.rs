@@ -39,11 +39,10 @@ fn encoded_us(home: &Home, id: &str) -> u64 {
 #[test]
 fn ffmpeg_stopped_mid_encode_finishes_a_valid_file_after_restore() {
     require!();
-    let Some(rootfs) = common::test_root("HIBER_TEST_CHROMIUM_ROOTFS", "test-chromium", "usr/bin/ffmpeg") else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "media", rootfs.to_str().unwrap()]);
+    if !home.test_image("media", common::FFMPEG) {
+        return;
+    }
     let id = home.detached(&["media", "sh", "-c", ENCODE]);
     assert!(
         eventually(Duration::from_secs(30), || encoded_us(&home, &id) >= 1_500_000),
@@ -77,13 +76,10 @@ fn request(home: &Home, id: &str) -> String {
 #[test]
 fn a_node_http_server_keeps_its_in_memory_counter() {
     require!();
-    let Some(rootfs) =
-        common::test_root("HIBER_TEST_NODE_ROOTFS", "test-node", "srv/app/node_modules/vite/package.json")
-    else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "node", rootfs.to_str().unwrap()]);
+    if !home.test_image("node", common::NODE) {
+        return;
+    }
     let id = home.detached(&["node", "node", "-e", NODE_COUNTER]);
     assert!(eventually(Duration::from_secs(20), || request(&home, &id) == "1"), "node did not answer");
     assert_eq!(request(&home, &id), "2");

@@ -181,16 +181,6 @@ class Tokens(http.server.BaseHTTPRequestHandler):
 http.server.HTTPServer(("127.0.0.1", port), Tokens).serve_forever()
 "#;
 
-/// A child process killed (by its pid) when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn pulls_from_a_registry_with_token_authentication() {
     if !can_run("pulls_from_a_registry_with_token_authentication") {
@@ -213,7 +203,7 @@ fn pulls_from_a_registry_with_token_authentication() {
         .args([&key, &cert, &counter])
         .spawn()
         .unwrap();
-    let _service = Killed(service);
+    let _service = common::Killed(service);
     assert!(common::eventually(std::time::Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));

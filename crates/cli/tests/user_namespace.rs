@@ -231,12 +231,10 @@ fn in_session(home: &Home, id: &str, sql: &str) -> String {
 #[test]
 fn postgres_as_its_own_user_keeps_its_rows_and_open_session_across_snapshot_restore_and_fork() {
     require!();
-    let Some(rootfs) = common::test_root("HIBER_TEST_PG_ROOTFS", "test-postgres", "usr/lib/postgresql/15/bin/postgres")
-    else {
-        return;
-    };
     let home = Home::new();
-    home.ok(&["image", "import", "--name", "postgres", rootfs.to_str().unwrap()]);
+    if !home.test_image("postgres", common::POSTGRES) {
+        return;
+    }
     let id = home.detached(&["postgres", "sh", "-c", POSTGRES]);
     assert!(
         eventually(Duration::from_secs(60), || home.run(&["exec", &id, "test", "-e", "/tmp/ready"]).code == 0),

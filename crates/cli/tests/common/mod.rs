@@ -21,20 +21,31 @@ pub fn can_snapshot(test: &str) -> bool {
     hiber_sandbox::preflight::require(test, hiber_sandbox::preflight::SNAPSHOTS)
 }
 
-/// The root filesystem scripts/setup-test.sh makes under /var/cache/hiber/`name`/rootfs (or
-/// the directory environment variable `var` names), if it has `marker`. Without it the test is
-/// skipped with a visible reason, or fails when `CI` is set.
-pub fn test_root(var: &str, name: &str, marker: &str) -> Option<PathBuf> {
-    let path = std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new("/var/cache/hiber").join(name).join("rootfs"));
-    if path.join(marker).exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/setup-test.sh", path.display());
-    eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
-    None
+/// A root filesystem scripts/setup-test.sh makes under /var/cache/hiber/`dir`/rootfs (or in the
+/// directory environment variable `var` names), whole when it has `marker`.
+pub struct TestRoot {
+    var: &'static str,
+    dir: &'static str,
+    marker: &'static str,
 }
+
+/// Debian with PostgreSQL 15.
+pub const POSTGRES: TestRoot =
+    TestRoot { var: "HIBER_TEST_PG_ROOTFS", dir: "test-postgres", marker: "usr/lib/postgresql/15/bin/postgres" };
+/// Debian with Chromium.
+pub const CHROMIUM: TestRoot =
+    TestRoot { var: "HIBER_TEST_CHROMIUM_ROOTFS", dir: "test-chromium", marker: "usr/bin/chromium" };
+/// The Chromium root, which has ffmpeg too.
+pub const FFMPEG: TestRoot = TestRoot { marker: "usr/bin/ffmpeg", ..CHROMIUM };
+/// Debian with an IPython kernel.
+pub const JUPYTER: TestRoot = TestRoot {
+    var: "HIBER_TEST_JUPYTER_ROOTFS",
+    dir: "test-jupyter",
+    marker: "usr/lib/python3/dist-packages/ipykernel",
+};
+/// Debian with Node and a vite project in /srv/app.
+pub const NODE: TestRoot =
+    TestRoot { var: "HIBER_TEST_NODE_ROOTFS", dir: "test-node", marker: "srv/app/node_modules/vite/package.json" };
 
 /// Makes an OCI image layout in argv[2] from the root filesystem tarball argv[1]: that tar
 /// (gzipped) as the base layer, then a layer that adds a user `app` (1000) and /srv/app and
@@ -184,6 +195,25 @@ impl Home {
             .expect("the sandbox's host view")
     }
 
+    /// Imports `root` as image `name`; false (after saying why) when scripts/setup-test.sh has not
+    /// made it, a failure when `CI` is set.
+    pub fn test_image(&self, name: &str, root: TestRoot) -> bool {
+        let path = std::env::var_os(root.var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new("/var/cache/hiber").join(root.dir).join("rootfs"));
+        if !path.join(root.marker).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{} is missing and CI is set: run scripts/setup-test.sh",
+                path.display()
+            );
+            eprintln!("SKIP: {} is missing (run scripts/setup-test.sh)", path.display());
+            return false;
+        }
+        self.ok(&["image", "import", "--name", name, path.to_str().unwrap()]);
+        true
+    }
+
     /// How many layers sandbox `id`'s root filesystem stacks (its overlay's `lowerdir`).
     pub fn stack_depth(&self, id: &str) -> usize {
         let rootfs = self.host(id).rootfs;
@@ -296,5 +326,15 @@ impl Registry {
     /// Where it keeps blobs.
     pub fn blobs(&self) -> PathBuf {
         self.server.storage.join("docker/registry/v2/blobs/sha256")
+    }
+}
+
+/// A child process of a test, killed and reaped (by its pid) when the test ends, passed or not.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -126,14 +126,7 @@ pub(crate) fn resolve(source: &Source) -> Result<Resolved, OciError> {
         let index: Index = parse(source, "index.json")?;
         let manifest = choose(source, index, 0)?;
         let config: Configuration = parse_blob(source, &manifest.config, "the configuration")?;
-        check_platform(source, &config)?;
-        if manifest.layers.len() != config.rootfs.diff_ids.len() {
-            return Err(bad(format!(
-                "the manifest has {} layers and the configuration {} diff_ids",
-                manifest.layers.len(),
-                config.rootfs.diff_ids.len()
-            )));
-        }
+        check_config(source, &config, manifest.layers.len(), "the manifest")?;
         let layers = manifest
             .layers
             .iter()
@@ -154,14 +147,7 @@ pub(crate) fn resolve(source: &Source) -> Result<Resolved, OciError> {
     let [saved] = <[DockerSaved; 1]>::try_from(saved)
         .map_err(|all| bad(format!("manifest.json lists {} images; import an archive of one", all.len())))?;
     let config: Configuration = parse(source, &saved.config)?;
-    check_platform(source, &config)?;
-    if saved.layers.len() != config.rootfs.diff_ids.len() {
-        return Err(bad(format!(
-            "manifest.json has {} layers and the configuration {} diff_ids",
-            saved.layers.len(),
-            config.rootfs.diff_ids.len()
-        )));
-    }
+    check_config(source, &config, saved.layers.len(), "manifest.json")?;
     let layers = saved
         .layers
         .iter()
@@ -202,14 +188,19 @@ fn choose(source: &Source, index: Index, depth: usize) -> Result<Manifest, OciEr
     }
 }
 
-fn check_platform(source: &Source, config: &Configuration) -> Result<(), OciError> {
-    if (config.os.as_str(), config.architecture.as_str()) == PLATFORM {
-        return Ok(());
+/// Checks that `config` is for this platform and has a `diff_id` for each of the `layers`
+/// that `manifest` lists.
+fn check_config(source: &Source, config: &Configuration, layers: usize, manifest: &str) -> Result<(), OciError> {
+    if (config.os.as_str(), config.architecture.as_str()) != PLATFORM {
+        let found = format!("{}/{}", config.os, config.architecture);
+        return Err(OciError::Platform { path: source.path().to_path_buf(), found });
     }
-    Err(OciError::Platform {
-        path: source.path().to_path_buf(),
-        found: format!("{}/{}", config.os, config.architecture),
-    })
+    if layers != config.rootfs.diff_ids.len() {
+        let reason =
+            format!("{manifest} has {layers} layers and the configuration {} diff_ids", config.rootfs.diff_ids.len());
+        return Err(OciError::Bad { path: source.path().to_path_buf(), reason });
+    }
+    Ok(())
 }
 
 fn media_type(source: &Source, what: &str, media_type: &str) -> OciError {
