@@ -92,6 +92,13 @@ fn oci_images_run_with_their_defaults_and_share_layers_with_their_docker_archive
         "the entrypoint stays"
     );
     assert_eq!(home.ok(&["run", "--user", "root", "-w", "/", "app", "echo $(id -u) $(pwd)"]), "0 /\n");
+    // Detached with no command: the image's; an image without one is refused, as Docker does.
+    let own = home.detached(&["app"]);
+    assert!(common::eventually(std::time::Duration::from_secs(5), || home.ok(&["logs", &own])
+        == "1000 /srv/app hi\ngroup\npasswd\n"));
+    let none = home.run(&["run", "-d", "busybox"]);
+    assert_ne!(none.code, 0);
+    assert!(none.stderr.contains("image 'busybox' names no command (Entrypoint or Cmd)"), "{}", none.stderr);
     let id = home.detached(&["app", "echo $(id -u) > /tmp/who; sleep 1000"]);
     assert!(common::eventually(std::time::Duration::from_secs(5), || {
         home.run(&["exec", &id, "cat", "/tmp/who"]).stdout == "1000\n"

@@ -28,7 +28,7 @@ pub struct CreateSession {
     /// Snapshot to start from instead.
     #[serde(default)]
     pub snapshot: Option<String>,
-    /// The agent's command (required with `image`).
+    /// The agent's command (with `image`, the image's Entrypoint and Cmd when empty).
     #[serde(default)]
     pub command: Vec<String>,
     /// The agent's environment.
@@ -123,10 +123,8 @@ impl Sessions {
         );
         record.confinement = confinement;
         let info = match (&req.image, &req.snapshot) {
+            // Without a command, the image's (the backend refuses an image that has none).
             (Some(_), None) => {
-                if req.command.is_empty() {
-                    return Err(SessionError::Invalid("a session from an image needs a command".into()));
-                }
                 record = self.shared.store.put(record).await?;
                 self.shared.fresh_sandbox(&record).await
             }

@@ -81,6 +81,8 @@ fn bad_requests_get_the_right_4xx_and_change_nothing() {
         assert_eq!(a.status, 400, "{body}: {}", a.body);
         assert_eq!(error_code(&a.body), "bad_request");
     }
+    let no_command = server.call("POST", "/v1/sessions", Some(r#"{"image":"busybox"}"#));
+    assert!(no_command.body.to_string().contains("names no command"), "{}", no_command.body);
     // Oversized body: announced by its length, refused before it is sent
     // (a client still writing when the server answers and closes would see
     // a broken pipe instead of the answer).

@@ -308,6 +308,14 @@ impl Backend for ContainerBackend {
         }
         let mut lowers = vec![init_layer::ensure(&self.layers_dir, &self.init_binary)?];
         lowers.extend(images.lower_dirs(&image));
+        let no_command = image.config.entrypoint.is_empty() && image.config.cmd.is_empty();
+        if spec.main.as_ref().is_some_and(|main| main.argv.is_empty()) && no_command {
+            // As Docker: "no command specified".
+            return Err(SandboxError::Image(format!(
+                "image '{}' names no command (Entrypoint or Cmd): give one",
+                image.name
+            )));
+        }
         let main = spec.main.map(|process| crate::spec::with_image_defaults(process, &image.config));
         let record = SandboxRecord::new(spec.name, image.name.clone(), lowers, None, spec.limits, main);
         self.launch_sandbox(record, Start::Fresh { confinement: spec.confinement })
