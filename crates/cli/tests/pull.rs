@@ -9,7 +9,7 @@ use common::{can_run, Home, Registry};
 /// Pushes layout `layout` to `registry` as `repository:tag`, with skopeo's `options` (`--all`:
 /// every platform of its index).
 fn push(registry: &Registry, layout: &std::path::Path, reference: &str, options: &[&str]) -> bool {
-    let (from, to) = (format!("oci:{}", layout.display()), format!("docker://{}/{reference}", registry.address));
+    let (from, to) = (format!("oci:{}", layout.display()), format!("docker://{}/{reference}", registry.address()));
     let tls = ["--dest-tls-verify=false"];
     let args: Vec<&str> = tls.into_iter().chain(options.iter().copied()).chain([from.as_str(), to.as_str()]).collect();
     common::skopeo(&args)
@@ -36,11 +36,11 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
 
     // The registry holds an index (arm64 listed first): the pull must choose amd64.
     let raw = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/team/app:v1", registry.address)])
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/team/app:v1", registry.address())])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&raw.stdout).contains("application/vnd.oci.image.index.v1+json"));
-    let first = home.run(&["pull", &format!("{}/team/app:v1", registry.address)]);
+    let first = home.run(&["pull", &format!("{}/team/app:v1", registry.address())]);
     assert_eq!(first.code, 0, "{}", first.stderr);
     assert_eq!(first.stdout, "app\n");
     assert!(first.stderr.contains("2 layers (0 already stored)"), "{}", first.stderr);
@@ -48,24 +48,24 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
 
     // v2 shares v1's layers (the same base, the same user layer): only its manifest and
     // configuration move.
-    let second = home.run(&["pull", "--name", "app2", &format!("{}/team/app:v2", registry.address)]);
+    let second = home.run(&["pull", "--name", "app2", &format!("{}/team/app:v2", registry.address())]);
     assert_eq!(second.code, 0, "{}", second.stderr);
     assert!(second.stderr.contains("2 layers (2 already stored)"), "{}", second.stderr);
     assert_eq!(home.ok(&["run", "app2"]), "v2 /srv/app\n");
 
     let manifest = std::process::Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/team/zstd:v1", registry.address)])
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("docker://{}/team/zstd:v1", registry.address())])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&manifest.stdout);
     assert!(text.contains("tar+zstd"), "zstd layers were pushed: {text}");
     let zstd_home = Home::new();
-    let zstd = zstd_home.run(&["pull", &format!("{}/team/zstd:v1", registry.address)]);
+    let zstd = zstd_home.run(&["pull", &format!("{}/team/zstd:v1", registry.address())]);
     assert_eq!(zstd.code, 0, "{}", zstd.stderr);
     assert_eq!(zstd_home.ok(&["run", "zstd"]), "v1 1000 hi\n");
 
     // Bad input: one line each, and no image.
-    let missing = home.run(&["pull", "--name", "nope", &format!("{}/team/app:v3", registry.address)]);
+    let missing = home.run(&["pull", "--name", "nope", &format!("{}/team/app:v3", registry.address())]);
     assert_ne!(missing.code, 0);
     assert!(missing.stderr.trim().ends_with("has no team/app/manifests/v3"), "{}", missing.stderr);
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -89,11 +89,12 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
     let half = &bytes[..bytes.len() / 2];
     for (wrong, fails) in [(true, true), (false, false)] {
         let resumed = Home::new();
-        let pulls = resumed.path().join(format!("pulls/{}/team/app/blobs/sha256", registry.address.replace(':', "_")));
+        let pulls =
+            resumed.path().join(format!("pulls/{}/team/app/blobs/sha256", registry.address().replace(':', "_")));
         std::fs::create_dir_all(&pulls).unwrap();
         let partial: Vec<u8> = if wrong { half.iter().map(|b| !b).collect() } else { half.to_vec() };
         std::fs::write(pulls.join(format!("{hex}.partial")), partial).unwrap();
-        let pulled = resumed.run(&["pull", &format!("{}/team/app:v1", registry.address)]);
+        let pulled = resumed.run(&["pull", &format!("{}/team/app:v1", registry.address())]);
         assert_eq!(
             pulled.code != 0,
             fails,
@@ -104,7 +105,11 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
         if fails {
             assert!(pulled.stderr.contains(&format!("sent a bad layer sha256:{hex}")), "{}", pulled.stderr);
             assert!(!pulls.join(format!("{hex}.partial")).exists(), "the bad partial download is dropped");
-            assert_eq!(resumed.run(&["pull", &format!("{}/team/app:v1", registry.address)]).code, 0, "and starts over");
+            assert_eq!(
+                resumed.run(&["pull", &format!("{}/team/app:v1", registry.address())]).code,
+                0,
+                "and starts over"
+            );
         }
         assert_eq!(resumed.ok(&["run", "app"]), "v1 1000 hi\n");
     }
@@ -122,7 +127,7 @@ fn pulls_run_with_their_defaults_move_only_new_layers_and_refuse_damage() {
         }
     }
     assert!(damaged > 0, "no gzip layer found in the registry's storage");
-    let refused = fresh.run(&["pull", &format!("{}/team/app:v1", registry.address)]);
+    let refused = fresh.run(&["pull", &format!("{}/team/app:v1", registry.address())]);
     assert_ne!(refused.code, 0);
     assert!(refused.stderr.contains("sent a bad layer sha256:"), "{}", refused.stderr);
     assert!(fresh.run(&["images", "--json"]).stdout.trim() == "[]", "nothing was stored");
@@ -221,11 +226,11 @@ fn pulls_from_a_registry_with_token_authentication() {
         "--dest-creds",
         "tester:secret",
         &format!("oci:{}", layout.display()),
-        &format!("docker://{}/private/app:v1", registry.address),
+        &format!("docker://{}/private/app:v1", registry.address()),
     ]) {
         return;
     }
-    let reference = format!("{}/private/app:v1", registry.address);
+    let reference = format!("{}/private/app:v1", registry.address());
     let anonymous = home.run(&["pull", &reference]);
     assert_ne!(anonymous.code, 0);
     assert!(anonymous.stderr.contains("refused access"), "{}", anonymous.stderr);

@@ -82,6 +82,12 @@ impl LayerId {
         }
     }
 
+    /// The id of the layer an OCI image's layer becomes: named by its uncompressed digest (the
+    /// hex of its `diff_id`), so every image that has the layer shares it.
+    pub fn for_diff(diff_id: &str) -> Result<LayerId, LayerError> {
+        LayerId::parse(diff_id.get(..16).unwrap_or(diff_id))
+    }
+
     /// The id as a string.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -200,10 +200,8 @@ impl ImageStore {
         build::run_steps(&self.lower_dirs(&base), staging.path(), scratch.path(), steps, progress)?;
         drop(scratch);
         let layer = staging.commit()?;
-        let image = self.install(name, layers_with(layer.clone()), base.config.clone(), source);
-        if image.is_err() {
-            let _ = self.layers.remove(&layer);
-        }
+        let installed = self.install(name, layers_with(layer.clone()), base.config.clone(), source);
+        let image = self.forget_on_error(installed, std::slice::from_ref(&layer))?;
         let remembered = cache
             .parent()
             .map(fs::create_dir_all)
@@ -212,7 +210,7 @@ impl ImageStore {
         if let Err(e) = remembered {
             progress(&format!("warning: the build cache was not written: {e}"));
         }
-        image
+        Ok(image)
     }
 
     /// Imports an OCI image layout (a directory or a tar archive), a `docker save` archive, or
@@ -239,8 +237,7 @@ impl ImageStore {
         progress: &mut dyn FnMut(&str),
     ) -> Result<Image, StoreError> {
         let image = oci::resolve(source)?;
-        let layers =
-            image.layers.iter().map(|blob| LayerId::parse(&blob.diff_id[..16])).collect::<Result<Vec<_>, _>>()?;
+        let layers = image.layers.iter().map(|blob| LayerId::for_diff(&blob.diff_id)).collect::<Result<Vec<_>, _>>()?;
         let count = layers.len();
         let mut todo = Vec::new();
         for (n, (blob, id)) in image.layers.iter().zip(&layers).enumerate() {
@@ -272,12 +269,7 @@ impl ImageStore {
         let shown = source.path().canonicalize().unwrap_or_else(|_| source.path().to_path_buf());
         let installed =
             stored.and_then(|()| self.install(name, layers, image.config, format!("import {}", shown.display())));
-        if installed.is_err() {
-            for id in made {
-                let _ = self.layers.remove(&id);
-            }
-        }
-        installed
+        self.forget_on_error(installed, &made)
     }
 
     fn manifest(&self, name: &str) -> PathBuf {
@@ -305,10 +297,18 @@ impl ImageStore {
     /// written, the new layer is removed and any old image stays as it was.
     fn install_one(&self, name: &str, layer: LayerId, source: String) -> Result<Image, StoreError> {
         let installed = self.install(name, vec![layer.clone()], ImageConfig::default(), source);
-        if installed.is_err() {
-            let _ = self.layers.remove(&layer);
+        self.forget_on_error(installed, &[layer])
+    }
+
+    /// `result`, with the layers `new` (made for it) removed when it is an error: nothing is
+    /// left half-stored.
+    fn forget_on_error(&self, result: Result<Image, StoreError>, new: &[LayerId]) -> Result<Image, StoreError> {
+        if result.is_err() {
+            for layer in new {
+                let _ = self.layers.remove(layer);
+            }
         }
-        installed
+        result
     }
 
     /// Writes the manifest of image `name` over `layers` (bottom-most first), replacing any

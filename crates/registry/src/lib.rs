@@ -126,8 +126,6 @@ pub enum Progress {
 /// What a pull did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
-    /// The image manifest's digest.
-    pub manifest: String,
     /// Layers downloaded (or resumed).
     pub downloaded: usize,
     /// Layers the caller already had.
@@ -153,11 +151,8 @@ pub fn pull(
     let config_bytes = fetch_document(&client, reference, &manifest.config, &blobs, "configuration")?;
     let config: Configuration =
         serde_json::from_slice(&config_bytes).map_err(|e| bad(reference, "configuration", e))?;
-    if (config.os.as_str(), config.architecture.as_str()) != spec::PLATFORM {
-        return Err(RegistryError::Platform {
-            reference: reference.to_string(),
-            found: format!("{}/{}", config.os, config.architecture),
-        });
+    if let Some(found) = config.foreign_platform() {
+        return Err(RegistryError::Platform { reference: reference.to_string(), found });
     }
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(bad(reference, "manifest", "its layers and the configuration's diff_ids differ in number"));
@@ -183,7 +178,6 @@ pub fn pull(
     })?;
     write_layout(layout, &manifest_descriptor)?;
     Ok(Pulled {
-        manifest: manifest_descriptor.digest,
         downloaded: wanted.len(),
         skipped: manifest.layers.len() - wanted.len(),
         bytes: bytes.into_inner().unwrap_or_else(|e| e.into_inner()),
@@ -205,7 +199,7 @@ fn fetch_manifest(
         let answer = client.get(&format!("manifests/{target}"), &MANIFEST_TYPES, 0)?;
         let media_type = answer.content_type.clone();
         let bytes = read_document(reference, answer.body, "manifest")?;
-        let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+        let digest = spec::digest_of(&bytes);
         let expected = match &reference.target {
             Target::Digest(d) if target == *d => Some(d.clone()),
             _ => answer.digest.clone().filter(|d| d.starts_with("sha256:")),
@@ -252,7 +246,7 @@ fn fetch_document(
 ) -> Result<Vec<u8>, RegistryError> {
     let answer = client.get(&format!("blobs/{}", d.digest), &[], 0)?;
     let bytes = read_document(reference, answer.body, what)?;
-    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+    let digest = spec::digest_of(&bytes);
     if digest != d.digest {
         return Err(bad(reference, what, format!("its digest is {digest}, not {}", d.digest)));
     }

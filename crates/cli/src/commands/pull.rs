@@ -28,7 +28,7 @@ pub fn pull(home: &Path, args: PullArgs) -> Result<i32> {
         (Ok(user), Ok(password)) => Some(Credentials { user, password }),
         _ => None,
     };
-    let have = |diff_id: &str| LayerId::parse(&diff_id[..16]).is_ok_and(|id| store.layers().path(&id).is_dir());
+    let have = |diff_id: &str| LayerId::for_diff(diff_id).is_ok_and(|id| store.layers().path(&id).is_dir());
     let bars = Bars::new();
     let started = Instant::now();
     let pulled = hiber_registry::pull(&reference, credentials, &layout, &have, &|p| bars.show(p))?;

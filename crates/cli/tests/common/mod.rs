@@ -298,11 +298,9 @@ pub fn skopeo(args: &[&str]) -> bool {
 /// (removed with it); `None` (after saying why) when scripts/setup-test.sh has not unpacked it,
 /// a failure when `CI` is set.
 pub struct Registry {
+    /// Stopped first, then its storage removed (fields drop in this order).
     server: hiber_registry::server::LocalRegistry,
-    /// `127.0.0.1:PORT`.
-    pub address: String,
-    /// Its storage directory's parent.
-    pub storage: tempfile::TempDir,
+    _storage: tempfile::TempDir,
 }
 
 impl Registry {
@@ -320,7 +318,12 @@ impl Registry {
         }
         let storage = tempfile::Builder::new().prefix("hiber-registry-").tempdir_in("/var/tmp").unwrap();
         let server = hiber_registry::server::LocalRegistry::start(storage.path(), extra).expect("the test registry");
-        Some(Registry { address: server.address.clone(), server, storage })
+        Some(Registry { server, _storage: storage })
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> &str {
+        &self.server.address
     }
 
     /// Where it keeps blobs.

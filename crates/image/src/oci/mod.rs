@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::image::ImageConfig;
 use crate::import::{self, Entries, ImportError};
 pub(crate) use source::Source;
-use spec::{sha256_hex, Configuration, Descriptor, DockerSaved, Index, Manifest, PLATFORM};
+use spec::{sha256_hex, Configuration, Descriptor, DockerSaved, Index, Manifest};
 
 /// Errors reading an OCI or Docker image.
 #[derive(Debug, thiserror::Error)]
@@ -191,8 +191,7 @@ fn choose(source: &Source, index: Index, depth: usize) -> Result<Manifest, OciEr
 /// Checks that `config` is for this platform and has a `diff_id` for each of the `layers`
 /// that `manifest` lists.
 fn check_config(source: &Source, config: &Configuration, layers: usize, manifest: &str) -> Result<(), OciError> {
-    if (config.os.as_str(), config.architecture.as_str()) != PLATFORM {
-        let found = format!("{}/{}", config.os, config.architecture);
+    if let Some(found) = config.foreign_platform() {
         return Err(OciError::Platform { path: source.path().to_path_buf(), found });
     }
     if layers != config.rootfs.diff_ids.len() {
@@ -240,13 +239,13 @@ fn blob_name(source: &Source, d: &Descriptor) -> Result<String, OciError> {
 fn parse_blob<T: serde::de::DeserializeOwned>(source: &Source, d: &Descriptor, what: &str) -> Result<T, OciError> {
     let name = blob_name(source, d)?;
     let bytes = source.read(&name)?;
-    let actual = format!("{:x}", Sha256::digest(&bytes));
-    if actual != hex(source, &d.digest)? || bytes.len() as u64 != d.size {
+    let actual = spec::digest_of(&bytes);
+    if actual != d.digest || bytes.len() as u64 != d.size {
         return Err(OciError::Digest {
             path: source.path().to_path_buf(),
             what: format!("{what} ({} bytes, {} expected)", bytes.len(), d.size),
             expected: d.digest.clone(),
-            actual,
+            actual: actual.trim_start_matches("sha256:").to_string(),
         });
     }
     serde_json::from_slice(&bytes)
@@ -289,9 +288,12 @@ impl<R: Read> Read for Hashing<R> {
 /// fails if the blob or its uncompressed tar does not have its digest.
 pub(crate) fn extract_layer(source: &Source, layer: &LayerBlob, dst: &Path) -> Result<(), OciError> {
     let what = format!("layer sha256:{}", layer.digest);
-    let (file, size) = source
-        .open_file(&layer.name)?
-        .ok_or_else(|| OciError::Missing { path: source.path().to_path_buf(), what: what.clone() })?;
+    let open = || {
+        source
+            .open_file(&layer.name)?
+            .ok_or_else(|| OciError::Missing { path: source.path().to_path_buf(), what: what.clone() })
+    };
+    let (file, size) = open()?;
     if layer.size.is_some_and(|expected| expected != size) {
         let reason = format!("{what} is {size} bytes, not the {} the manifest gives", layer.size.unwrap_or_default());
         return Err(OciError::Bad { path: source.path().to_path_buf(), reason });
@@ -324,9 +326,7 @@ pub(crate) fn extract_layer(source: &Source, layer: &LayerBlob, dst: &Path) -> R
     let blob_done = unpacked.is_ok() && drained.is_ok();
     if !blob_done {
         // A wrong digest says more than the damage it did to the tar: read the whole blob again.
-        let (mut file, _) = source
-            .open_file(&layer.name)?
-            .ok_or_else(|| OciError::Missing { path: source.path().to_path_buf(), what: what.clone() })?;
+        let (mut file, _) = open()?;
         *blob_hash.borrow_mut() = Sha256::new();
         io::copy(&mut Hashing { inner: &mut file, hasher: blob_hash.clone() }, &mut io::sink()).map_err(bad)?;
     }

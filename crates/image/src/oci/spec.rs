@@ -86,6 +86,14 @@ pub struct Configuration {
     pub rootfs: RootFs,
 }
 
+impl Configuration {
+    /// `os/architecture` when the image is not for [`PLATFORM`].
+    pub fn foreign_platform(&self) -> Option<String> {
+        ((self.os.as_str(), self.architecture.as_str()) != PLATFORM)
+            .then(|| format!("{}/{}", self.os, self.architecture))
+    }
+}
+
 /// The run defaults of an image configuration.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -133,6 +141,12 @@ impl Index {
             found.join(", ")
         })
     }
+}
+
+/// The `sha256:<hex>` digest of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// The hex part of a `sha256:` digest, if it is one.

@@ -17,10 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
+use hiber_image::oci_spec::digest_of;
 use hiber_image::ImageStore;
 use hiber_registry::server::LocalRegistry;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::ensure_image;
 use crate::peers::median;
@@ -189,7 +189,7 @@ fn write_layout(root: &Path, layout: &Path, extra: bool) -> Result<u64> {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     let mut add = |tar: Vec<u8>, gz: Vec<u8>| -> Result<u64> {
-        diff_ids.push(format!("sha256:{:x}", Sha256::digest(&tar)));
+        diff_ids.push(digest_of(&tar));
         layers.push(blob(&blobs, "application/vnd.oci.image.layer.v1.tar+gzip", &gz)?);
         Ok(gz.len() as u64)
     };
@@ -235,7 +235,7 @@ fn gunzip(gz: &[u8]) -> Result<Vec<u8>> {
 
 /// Writes `bytes` as a blob; its descriptor.
 fn blob(blobs: &Path, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
-    let digest = format!("{:x}", Sha256::digest(bytes));
-    fs::write(blobs.join(&digest), bytes)?;
-    Ok(serde_json::json!({"mediaType": media_type, "digest": format!("sha256:{digest}"), "size": bytes.len()}))
+    let digest = digest_of(bytes);
+    fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes)?;
+    Ok(serde_json::json!({"mediaType": media_type, "digest": digest, "size": bytes.len()}))
 }
