@@ -10,16 +10,7 @@ fn imported_directory_and_tarball_run() {
         return;
     }
     let home = Home::new();
-    home.busybox();
-    // Export the busybox image's root by running tar inside a sandbox.
-    let tarball = home.path().join("rootfs.tar");
-    let out = std::fs::File::create(&tarball).unwrap();
-    let status = home
-        .cmd(&["run", "busybox", "tar", "-c", "-f", "-", "-C", "/", "bin", "etc", "root"])
-        .stdout(out)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let tarball = home.busybox_tarball();
     home.ok(&["image", "import", tarball.to_str().unwrap(), "--name", "fromtar"]);
     let r = home.run(&["run", "fromtar", "sh", "-c", "echo imported"]);
     assert_eq!(r.stdout, "imported\n", "{}", r.stderr);

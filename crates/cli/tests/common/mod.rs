@@ -223,16 +223,23 @@ impl Home {
         lowers.split(':').count()
     }
 
-    /// Makes the OCI image layout `layout` (see [`MAKE_LAYOUT`]) over this home's busybox root,
-    /// with `command` as the image's command; builds the busybox image first.
-    pub fn oci_layout(&self, layout: &Path, command: &str) {
-        self.busybox();
+    /// The busybox image's root (/bin, /etc, /root) as a tarball in this home, exported by `tar`
+    /// in a sandbox (the image is built first); made once.
+    pub fn busybox_tarball(&self) -> PathBuf {
         let tarball = self.path().join("busybox.tar");
         if !tarball.exists() {
+            self.busybox();
             let out = std::fs::File::create(&tarball).unwrap();
             let mut export = self.cmd(&["run", "busybox", "tar", "-c", "-f", "-", "-C", "/", "bin", "etc", "root"]);
             assert!(export.stdout(out).status().unwrap().success());
         }
+        tarball
+    }
+
+    /// Makes the OCI image layout `layout` (see [`MAKE_LAYOUT`]) over this home's busybox root,
+    /// with `command` as the image's command; builds the busybox image first.
+    pub fn oci_layout(&self, layout: &Path, command: &str) {
+        let tarball = self.busybox_tarball();
         let made = Command::new("python3").args(["-c", MAKE_LAYOUT]).arg(&tarball).arg(layout).arg(command).status();
         assert!(made.unwrap().success());
     }
